@@ -1,0 +1,38 @@
+"""Exporter handlers: pure functions of (event, dependencies) that return what to publish."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.exporter.csv_report import file_name, render, sha256_hex, write_atomically
+from shared.events import (
+    CloudEvent,
+    LanguageCount,
+    ReportAggregated,
+    ReportExported,
+    derived_event_id,
+)
+from shared.messaging import Outgoing
+
+TOP_LANGUAGES = 5
+
+
+def handle_report_aggregated(
+    event: ReportAggregated, meta: CloudEvent, *, reports_dir: Path
+) -> list[Outgoing]:
+    content, rows = render(event)
+    path = write_atomically(reports_dir, file_name(event.report_id, event.spec), content)
+    by_size = sorted(event.languages, key=lambda g: (-len(g.repositories), g.language.casefold()))
+    exported = ReportExported(
+        report_id=event.report_id,
+        path=str(path),
+        rows=rows,
+        sha256=sha256_hex(content),
+        layout=event.spec.layout,
+        spec=event.spec,
+        repositories=event.total,
+        top_languages=[
+            LanguageCount(language=g.language, count=len(g.repositories)) for g in by_size[:TOP_LANGUAGES]
+        ],
+    )
+    return [Outgoing(exported, event_id=derived_event_id(event.report_id, "exported"))]

@@ -1,0 +1,95 @@
+"""Composition root of the fetcher: `python -m services.fetcher` (worker) or `... beat` (scheduler)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from functools import partial
+
+from pydantic import EmailStr, Field
+
+from services.fetcher.beat import parse_schedule, run_beat
+from services.fetcher.github import GitHubClient
+from services.fetcher.handlers import RetryPolicy, handle_report_requested
+from services.fetcher.ledger import RedisRequestLedger
+from services.fetcher.tasks import (
+    CeleryFetchScheduler,
+    consumer_step,
+    create_celery_app,
+    register_tasks,
+)
+from shared.dedup import RedisProcessedEvents
+from shared.events import utc_today
+from shared.messaging import MessageHandler, Route
+from shared.service import declare_when_reachable, start_runtime
+from shared.settings import CommonSettings, load_settings
+from shared.topology import FETCHER_REQUESTED
+
+
+class FetcherSettings(CommonSettings):
+    github_api_url: str = "https://api.github.com"
+    github_token: str | None = None
+    fetcher_concurrency: int = Field(default=8, ge=1, le=64)
+    fetch_max_attempts: int = Field(default=5, ge=1, le=20)
+    fetch_retry_base_seconds: float = Field(default=1.0, gt=0)
+    report_schedule: str = "day=0 0 * * *"
+    schedule_notify: EmailStr | None = None
+    today: dt.date | None = Field(default=None, description="Pin 'today' (demos and tests only)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.fetcher")
+    parser.add_argument("role", nargs="?", choices=["worker", "beat"], default="worker")
+    role = parser.parse_args().role
+    settings = load_settings(FetcherSettings)
+    try:
+        parse_schedule(settings.report_schedule)
+    except ValueError as exc:
+        raise SystemExit(f"hotrepos: invalid setting REPORT_SCHEDULE: {exc}") from None
+    runtime = start_runtime("fetcher-beat" if role == "beat" else "fetcher", settings)
+    app = create_celery_app(settings)
+    if role == "beat":
+        run_beat(app, runtime.publisher, settings.report_schedule, settings.schedule_notify)
+        return
+
+    declare_when_reachable(runtime, (FETCHER_REQUESTED,))
+    github = GitHubClient(settings.github_api_url, settings.github_token)
+    policy = RetryPolicy(
+        max_attempts=settings.fetch_max_attempts, base_delay=settings.fetch_retry_base_seconds
+    )
+    register_tasks(app, github=github, publisher=runtime.publisher, policy=policy)
+    pinned_today = settings.today
+    handler = partial(
+        handle_report_requested,
+        today=(lambda: pinned_today) if pinned_today else utc_today,
+        fetches=CeleryFetchScheduler(app),
+        ledger=RedisRequestLedger(runtime.redis),
+    )
+    requested = MessageHandler(
+        "fetcher",
+        FETCHER_REQUESTED,
+        {"report.requested": Route(handler, fails_report_as="request")},
+        runtime.publisher,
+        RedisProcessedEvents(runtime.redis),
+    )
+    app.steps["consumer"].add(consumer_step([requested]))
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={settings.fetcher_concurrency}",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                f"--loglevel={settings.log_level}",
+                f"--queues={app.conf.task_default_queue}",
+            ]
+        )
+    finally:
+        runtime.alerts.flush()
+        runtime.publisher.close()
+
+
+if __name__ == "__main__":
+    main()

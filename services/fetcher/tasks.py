@@ -1,0 +1,175 @@
+"""The fetcher's own Celery app: page fetches with retries, and the consumer step for its queue."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from celery import Celery, bootsteps, signals
+from kombu.entity import Exchange, Queue
+from kombu.messaging import Consumer
+
+from services.fetcher.github import GitHubClient
+from services.fetcher.handlers import PageFetch, Retry, RetryPolicy, fetch_page
+from shared.context import EventContext, current_context, event_scope
+from shared.events import ReportFailed, ReportSpec
+from shared.logging import log_file_scope
+from shared.messaging import MessageHandler, Outgoing, Publisher
+from shared.settings import CommonSettings
+
+log = structlog.get_logger("hotrepos.fetcher")
+
+# Celery's task messages never leave the fetcher: own exchange and queue, on the same vhost.
+TASK_EXCHANGE = Exchange("fetcher.tasks", type="direct", durable=True)
+TASK_QUEUE = Queue(
+    "fetcher.tasks",
+    TASK_EXCHANGE,
+    routing_key="fetcher.tasks",
+    durable=True,
+    # Classic, not quorum: Celery's countdown retries on quorum queues would need its
+    # delayed-delivery exchanges, a second topology nobody else should see.
+    queue_arguments={"x-queue-type": "classic"},
+)
+FETCH_PAGE_TASK = "hotrepos.fetcher.fetch_page"
+
+
+@signals.setup_logging.connect
+def _keep_our_logging(**_: Any) -> None:
+    """Connected so that Celery leaves the logging set up by shared.logging alone."""
+
+
+def create_celery_app(settings: CommonSettings) -> Celery:
+    app = Celery("hotrepos-fetcher", broker=settings.amqp_url, set_as_current=False)
+    app.conf.update(
+        task_queues=[TASK_QUEUE],
+        task_default_queue=TASK_QUEUE.name,
+        task_default_exchange=TASK_EXCHANGE.name,
+        task_default_routing_key=TASK_QUEUE.routing_key,
+        task_create_missing_queues=False,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=4,
+        worker_enable_remote_control=False,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        worker_detect_quorum_queues=False,
+        broker_connection_retry_on_startup=True,
+        broker_heartbeat=30,
+        broker_transport_options={"confirm_publish": True},
+        broker_use_ssl=_celery_ssl(settings),
+        enable_utc=True,
+        timezone="UTC",
+    )
+    return app
+
+
+def _celery_ssl(settings: CommonSettings) -> dict[str, Any] | bool:
+    if not settings.amqp_url.startswith("amqps://"):
+        return False
+    import ssl
+
+    options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
+    if settings.amqp_ca_file:
+        options["ca_certs"] = str(settings.amqp_ca_file)
+    if settings.amqp_cert_file:
+        options["certfile"] = str(settings.amqp_cert_file)
+    if settings.amqp_key_file:
+        options["keyfile"] = str(settings.amqp_key_file)
+    return options
+
+
+def page_fetch_to_payload(fetch: PageFetch) -> dict[str, Any]:
+    return {
+        "report_id": fetch.report_id,
+        "page": fetch.page,
+        "pages": fetch.pages,
+        "spec": fetch.spec.model_dump(mode="json"),
+    }
+
+
+def page_fetch_from_payload(payload: dict[str, Any]) -> PageFetch:
+    return PageFetch(
+        report_id=payload["report_id"],
+        page=int(payload["page"]),
+        pages=int(payload["pages"]),
+        spec=ReportSpec.model_validate(payload["spec"]),
+    )
+
+
+class CeleryFetchScheduler:
+    """Schedules page fetches as Celery tasks, carrying the event's context along."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def schedule(self, fetches: list[PageFetch]) -> None:
+        context = current_context().as_headers()
+        with self.app.producer_or_acquire() as producer:
+            for fetch in fetches:
+                self.app.send_task(
+                    FETCH_PAGE_TASK,
+                    args=[page_fetch_to_payload(fetch), context],
+                    producer=producer,
+                    retry=True,
+                )
+
+
+def register_tasks(
+    app: Celery,
+    *,
+    github: GitHubClient,
+    publisher: Publisher,
+    policy: RetryPolicy,
+    is_cancelled: Callable[[str], bool] = lambda report_id: False,
+) -> None:
+    rng = random.Random()
+
+    @app.task(name=FETCH_PAGE_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def fetch_page_task(self: Any, payload: dict[str, Any], context: dict[str, str]) -> None:
+        fetch = page_fetch_from_payload(payload)
+        scope = EventContext.from_headers(context).merged(correlationid=fetch.report_id)
+        bound = structlog.contextvars.bound_contextvars(
+            report_id=fetch.report_id, correlation_id=scope.correlationid, page=fetch.page
+        )
+        with event_scope(scope), log_file_scope("fetcher.fetch_page"), bound:
+            if is_cancelled(fetch.report_id):
+                log.info("fetch.cancelled")
+                return
+            attempt = self.request.retries
+            outcome = fetch_page(fetch, attempt, github=github, policy=policy, rng=rng)
+            if isinstance(outcome, Retry):
+                log.warning("fetch.retry", reason=outcome.reason, attempt=attempt + 1,
+                            countdown=round(outcome.countdown, 2))
+                raise self.retry(countdown=outcome.countdown)
+            _publish(publisher, outcome)
+            log.info("fetch.done", published=type(outcome.data).__name__)
+
+
+def _publish(publisher: Publisher, outgoing: Outgoing) -> None:
+    if isinstance(outgoing.data, ReportFailed):
+        # The notifier tells the admins of every report.failed: an alert here would mail them twice.
+        log.warning("report.failed", reason=outgoing.data.reason)
+    publisher.publish(
+        outgoing.data,
+        event_id=outgoing.event_id,
+        exchange=outgoing.exchange,
+        correlationid=outgoing.correlationid,
+    )
+
+
+def consumer_step(handlers: list[MessageHandler]) -> type[bootsteps.ConsumerStep]:
+    """A Celery consumer step that consumes the fetcher's event queues with the shared wrapper."""
+
+    class EventQueuesStep(bootsteps.ConsumerStep):  # type: ignore[misc]
+        def get_consumers(self, channel: Any) -> list[Consumer]:
+            return [
+                Consumer(channel, queues=[handler.subscription.queue()], on_message=handler)
+                for handler in handlers
+            ]
+
+    return EventQueuesStep

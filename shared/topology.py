@@ -1,0 +1,119 @@
+"""Exchanges, queues and bindings: the broker side of the contract, declared with kombu."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kombu.entity import Exchange, Queue
+
+EVENTS = Exchange("hotrepos.events", type="topic", durable=True)
+ALERTS = Exchange("hotrepos.alerts", type="fanout", durable=True)
+CONTROL = Exchange("hotrepos.control", type="fanout", durable=True)
+DLX = Exchange("hotrepos.dlx", type="direct", durable=True)
+EXCHANGES = (EVENTS, ALERTS, CONTROL, DLX)
+
+# A message that crashes its consumer this many times is dead-lettered by the broker itself.
+DELIVERY_LIMIT = 5
+
+REASON_HEADER = "x-hotrepos-reason"
+ORIGINAL_EXCHANGE_HEADER = "x-hotrepos-original-exchange"
+ORIGINAL_ROUTING_KEY_HEADER = "x-hotrepos-original-routing-key"
+RETRIES_HEADER = "x-hotrepos-retries"
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One service's durable quorum queue on one exchange, with its dead-letter and retry queues."""
+
+    service: str
+    name: str
+    exchange: Exchange
+    binding_key: str
+
+    @property
+    def queue_name(self) -> str:
+        return f"{self.service}.{self.name}"
+
+    @property
+    def dlq_name(self) -> str:
+        return f"{self.queue_name}.dlq"
+
+    @property
+    def retry_name(self) -> str:
+        return f"{self.queue_name}.retry"
+
+    def queue(self) -> Queue:
+        return Queue(
+            self.queue_name,
+            exchange=self.exchange,
+            routing_key=self.binding_key,
+            durable=True,
+            queue_arguments={
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": DLX.name,
+                "x-dead-letter-routing-key": self.queue_name,
+                "x-delivery-limit": DELIVERY_LIMIT,
+            },
+        )
+
+    def dead_letter_queue(self) -> Queue:
+        return Queue(
+            self.dlq_name,
+            exchange=DLX,
+            routing_key=self.queue_name,
+            durable=True,
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+
+    def retry_queue(self) -> Queue:
+        # Per-message TTL then dead-lettering through the default exchange puts a delayed retry
+        # back on this queue alone, not on every queue bound to the event's routing key.
+        return Queue(
+            self.retry_name,
+            durable=True,
+            queue_arguments={
+                "x-queue-type": "classic",
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.queue_name,
+            },
+        )
+
+    def all_queues(self) -> list[Queue]:
+        return [self.queue(), self.dead_letter_queue(), self.retry_queue()]
+
+
+def on_event(service: str, event_type: str) -> Subscription:
+    return Subscription(service, event_type, EVENTS, event_type)
+
+
+FETCHER_REQUESTED = on_event("fetcher", "report.requested")
+AGGREGATOR_PAGE_FETCHED = on_event("aggregator", "report.page.fetched")
+EXPORTER_AGGREGATED = on_event("exporter", "report.aggregated")
+NOTIFIER_EXPORTED = on_event("notifier", "report.exported")
+NOTIFIER_FAILED = on_event("notifier", "report.failed")
+NOTIFIER_ALERTS = Subscription("notifier", "alerts", ALERTS, "")
+GATEWAY_PROGRESS = Subscription("gateway", "report.progress", EVENTS, "report.#")
+
+SUBSCRIPTIONS: tuple[Subscription, ...] = (
+    FETCHER_REQUESTED,
+    AGGREGATOR_PAGE_FETCHED,
+    EXPORTER_AGGREGATED,
+    NOTIFIER_EXPORTED,
+    NOTIFIER_FAILED,
+    NOTIFIER_ALERTS,
+    GATEWAY_PROGRESS,
+)
+
+# Which principal publishes which event type on hotrepos.events; broker permissions derive from it.
+PUBLISHES: dict[str, tuple[str, ...]] = {
+    "fetcher": ("report.page.fetched", "report.failed"),
+    "fetcher-beat": ("report.requested",),
+    "aggregator": ("report.aggregated", "report.failed"),
+    "exporter": ("report.exported", "report.failed"),
+    "notifier": (),
+    "gateway": ("report.requested",),
+}
+
+
+def subscriptions_of(service: str) -> tuple[Subscription, ...]:
+    return tuple(s for s in SUBSCRIPTIONS if s.service == service)

@@ -1,0 +1,99 @@
+"""Fixtures: a real broker (a vhost per test), Redis, an SMTP sink, the fake GitHub, the services."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fake_github import FakeGitHub
+from tests.support.broker import Broker, test_broker, test_redis
+from tests.support.pipeline import Pipeline
+from tests.support.smtp import SmtpSink
+
+TODAY = dt.date(2026, 11, 22)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for tier in ("unit", "integration", "e2e", "chaos"):
+            if f"/tests/{tier}/" in str(item.fspath):
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    with test_broker() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with test_redis() as url:
+        yield url
+
+
+@pytest.fixture
+def vhost(broker: Broker) -> Iterator[str]:
+    with broker.vhost() as name:
+        yield name
+
+
+@pytest.fixture
+def amqp_url(broker: Broker, vhost: str) -> str:
+    return broker.amqp_url(vhost)
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="module")
+def module_smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="module")
+def module_fake_github() -> Iterator[FakeGitHub]:
+    with FakeGitHub(port=0, seed=7, today=TODAY) as github:
+        yield github
+
+
+@pytest.fixture
+def fake_github(module_fake_github: FakeGitHub) -> FakeGitHub:
+    module_fake_github.reset()
+    return module_fake_github
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    broker: Broker,
+    redis_url: str,
+    module_fake_github: FakeGitHub,
+    module_smtp_sink: SmtpSink,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Pipeline]:
+    """All four pipeline services as processes, on a vhost of their own, shared by a test module."""
+    root: Path = tmp_path_factory.mktemp("pipeline")
+    with broker.vhost("hotrepos-e2e") as name:
+        running = Pipeline(
+            broker=broker,
+            vhost=name,
+            redis_url=redis_url,
+            github_url=module_fake_github.url,
+            smtp_port=module_smtp_sink.port,
+            root=root,
+            today=TODAY,
+        )
+        try:
+            running.start_all()
+            yield running
+        finally:
+            running.stop_all()
