@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fake GitHub listening on {fake.url}", flush=True)
     try:
         # A timed wait keeps the main thread responsive to signals.
-        while not stop_requested.wait(0.5):
+        while not stop_requested.wait(0.1):
             pass
     finally:
         fake.stop()

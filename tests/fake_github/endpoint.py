@@ -109,12 +109,11 @@ def _rate_limited_reply(state: FakeState, request: ApiRequest, limit: int,
 
 
 def _fault_error_reply(state: FakeState, request: ApiRequest, fault: FaultRule) -> Reply:
-    current = state.limiter.take(request.rate_key, consume=False)
     if fault.kind == "rate_limit":
         limit = state.limiter.limit or GITHUB_SEARCH_LIMIT
         return _rate_limited_reply(
             state, request, limit, math.ceil(time.time() + fault.reset_in))
-    headers = _base_headers(state, current)
+    headers = _base_headers(state, state.limiter.take(request.rate_key, consume=False))
     if fault.kind == "retry_after":
         retry_after = math.ceil(fault.wait_seconds)
         body = secondary_rate_limit_body(headers["X-GitHub-Request-Id"])

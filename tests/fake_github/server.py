@@ -76,6 +76,9 @@ class GitHubRequestHandler(BaseHTTPRequestHandler):
     """Routes `/_fake/*` to the control API and everything else to the fake GitHub."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as separate writes; with Nagle on, small replies
+    # on keep-alive connections wait ~40 ms for the client's delayed ACK.
+    disable_nagle_algorithm = True
     server: FakeGitHubHTTPServer
 
     def version_string(self) -> str:

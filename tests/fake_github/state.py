@@ -77,6 +77,8 @@ class FakeState:
 
     def set_today(self, today: date) -> None:
         """Regenerate the dataset (same seed) relative to a new date."""
+        if today == self._today:
+            return
         index = SearchIndex(generate_repositories(self.seed, self.repository_count, today))
         with self._lock:
             self._today, self._index = today, index

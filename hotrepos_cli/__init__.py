@@ -1,0 +1,1 @@
+"""The `hotrepos` command line."""

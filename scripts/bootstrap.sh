@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Prepare a fresh machine: the local broker and Redis running, a virtualenv with the pinned project.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 60); do port_open "$1" && return 0; sleep 1; done
+  echo "bootstrap: nothing answers on 127.0.0.1:$1" >&2; return 1
+}
+
+if [ -z "${AMQP_URL:-}" ]; then
+  if ! port_open 5672; then
+    echo "bootstrap: starting RabbitMQ"
+    rabbitmq-server -detached
+    wait_port 5672
+  fi
+  # The tests create a throwaway vhost per test through the management API.
+  if ! port_open 15672; then
+    rabbitmq-plugins enable rabbitmq_management >/dev/null
+    wait_port 15672
+  fi
+fi
+if [ -z "${REDIS_URL:-}" ] && ! port_open 6379; then
+  echo "bootstrap: starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+  wait_port 6379
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
