@@ -122,9 +122,17 @@ def encode_event(event: CloudEvent) -> bytes:
 class Publisher:
     """Publishes CloudEvents, persistent and confirmed, through a pool of producers (thread-safe)."""
 
-    def __init__(self, connection: Connection, source: str, *, pool_size: int = 8) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        source: str,
+        *,
+        pool_size: int = 8,
+        retry_policy: Mapping[str, Any] | None = None,
+    ) -> None:
         self.source = source
         self._connection = connection
+        self._retry_policy = dict(retry_policy or PUBLISH_RETRY_POLICY)
         self._producers = ProducerPool(connection.clone().Pool(limit=pool_size), limit=pool_size)
 
     def publish(
@@ -180,7 +188,7 @@ class Publisher:
                 expiration=expiration,
                 declare=declare,
                 retry=True,
-                retry_policy=PUBLISH_RETRY_POLICY,
+                retry_policy=self._retry_policy,
             )
 
     def close(self) -> None:
@@ -357,7 +365,12 @@ class MessageHandler:
 
     def _dead_letter(self, message: Message, reason: str) -> None:
         queue = self.subscription.queue_name
-        self._log.error("message.dead_lettered", queue=queue, reason=reason)
+        self._log.error(
+            "message.dead_lettered",
+            queue=queue,
+            reason=reason,
+            message_id=message.properties.get("message_id"),
+        )
         headers = dict(message.headers or {})
         headers[REASON_HEADER] = reason[:1000]
         delivery = message.delivery_info or {}

@@ -37,11 +37,12 @@ class SmtpMailer:
         mail["To"] = ", ".join(header_safe(address) for address in to)
         mail["Subject"] = header_safe(message.subject)
         mail["Date"] = email.utils.formatdate(usegmt=True)
-        mail["Content-Language"] = header_safe(language)
         # A stable Message-ID lets mail clients fold a resend into the same message.
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         mail["Message-ID"] = f"<{digest}@hotrepos>"
         mail.set_content(message.body)
+        # After set_content, which replaces every Content-* header.
+        mail["Content-Language"] = header_safe(language)
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
                 smtp.send_message(mail)

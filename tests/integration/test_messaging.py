@@ -1,0 +1,192 @@
+"""The shared consumer wrapper against a real RabbitMQ: ack, retry, dead-letter, dedup, scope."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from shared.dedup import RedisProcessedEvents
+from shared.events import CloudEvent, ReportFailed, ReportRequested
+from shared.messaging import (
+    MessageHandler,
+    Publisher,
+    RetryLater,
+    Route,
+    ServiceConsumer,
+    connect,
+    declare_topology,
+)
+from shared.settings import CommonSettings
+from shared.topology import REASON_HEADER, on_event
+from tests.support.amqp import EventListener, cloud_event, dead_letters, publish
+
+SUBSCRIPTION = on_event("probe", "report.requested")
+
+
+class Running:
+    def __init__(self, amqp_url: str, redis_url: str, handler: Callable[[Any, CloudEvent], Any],
+                 fails_report_as: str | None = None) -> None:
+        settings = CommonSettings(amqp_url=amqp_url, redis_url=redis_url)
+        self.connection = connect(settings)
+        declare_topology(self.connection, [SUBSCRIPTION])
+        self.publisher = Publisher(self.connection, source="tests/probe")
+        self.processed = RedisProcessedEvents(redis.Redis.from_url(redis_url))
+        wrapper = MessageHandler(
+            "probe", SUBSCRIPTION, {"report.requested": Route(handler, fails_report_as=fails_report_as)},
+            self.publisher, self.processed, retry_base_delay=0.05,
+        )
+        self.consumer = ServiceConsumer(self.connection, [wrapper], prefetch_count=4)
+        self.thread = threading.Thread(target=self.consumer.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.consumer.should_stop = True
+        self.thread.join(10)
+        self.publisher.close()
+        self.connection.release()
+
+
+@pytest.fixture
+def run_probe(amqp_url: str, redis_url: str) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(handler: Callable[[Any, CloudEvent], Any], **kwargs: Any) -> Running:
+        running = Running(amqp_url, redis_url, handler, **kwargs)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def request(report_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    return cloud_event("report.requested", {"report_id": report_id or uuid.uuid4().hex, "period": "day", **extra})
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "reason"),
+    [
+        (b"\x00not json", "application/cloudevents+json", "body is not JSON"),
+        (b'{"hello": 1}', "application/cloudevents+json", "not a CloudEvent 1.0"),
+        (b"[1, 2]", "application/cloudevents+json", "not a JSON object"),
+        (json.dumps(cloud_event("report.requested", {"period": "day"})).encode(), "text/plain",
+         "content type 'text/plain'"),
+        (json.dumps(cloud_event("report.mystery", {})).encode(), "application/cloudevents+json",
+         "unknown event type 'report.mystery'"),
+    ],
+)
+def test_malformed_messages_are_dead_lettered_with_their_reason(
+    amqp_url: str, run_probe: Callable[..., Running], body: bytes, content_type: str, reason: str
+) -> None:
+    handled: list[Any] = []
+    run_probe(lambda data, meta: handled.append(data))
+    publish(amqp_url, "report.requested", body, content_type=content_type, message_id="poison-1")
+    letters = wait_for(lambda: dead_letters(amqp_url, SUBSCRIPTION.dlq_name))
+    properties, dead_body = letters[0]
+    assert dead_body == body
+    assert reason in properties.headers[REASON_HEADER]
+    assert properties.headers["x-hotrepos-original-routing-key"] == "report.requested"
+    assert handled == []
+
+
+def test_schema_violation_fails_the_report_and_is_dead_lettered(
+    amqp_url: str, run_probe: Callable[..., Running]
+) -> None:
+    listener = EventListener(amqp_url, "report.failed")
+    run_probe(lambda data, meta: None, fails_report_as="request")
+    publish(amqp_url, "report.requested", request("bad-period", period="year"))
+    failed = listener.wait_for(lambda e: e["data"]["report_id"] == "bad-period", 20)
+    assert failed["data"]["stage"] == "request"
+    assert "period" in failed["data"]["reason"]
+    letters = wait_for(lambda: dead_letters(amqp_url, SUBSCRIPTION.dlq_name))
+    assert "fails its schema" in letters[0][0].headers[REASON_HEADER]
+    listener.close()
+
+
+def test_retry_later_comes_back_through_the_delay_queue(
+    amqp_url: str, run_probe: Callable[..., Running]
+) -> None:
+    attempts: list[int] = []
+
+    def flaky(data: ReportRequested, meta: CloudEvent) -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise RetryLater("SMTP is down", delay=0.1)
+
+    run_probe(flaky)
+    publish(amqp_url, "report.requested", request())
+    wait_for(lambda: len(attempts) >= 3)
+    time.sleep(0.5)
+    assert len(attempts) == 3
+    assert dead_letters(amqp_url, SUBSCRIPTION.dlq_name) == []
+
+
+def test_a_handler_that_keeps_crashing_is_dead_lettered_by_the_delivery_limit(
+    amqp_url: str, run_probe: Callable[..., Running]
+) -> None:
+    attempts: list[int] = []
+
+    def crash(data: ReportRequested, meta: CloudEvent) -> None:
+        attempts.append(1)
+        raise RuntimeError("boom")
+
+    run_probe(crash)
+    publish(amqp_url, "report.requested", request())
+    letters = wait_for(lambda: dead_letters(amqp_url, SUBSCRIPTION.dlq_name), 30)
+    death = letters[0][0].headers["x-death"][0]
+    assert death["reason"] == "delivery_limit"
+    assert len(attempts) == 6  # the first delivery plus DELIVERY_LIMIT redeliveries
+
+
+def test_a_redelivered_event_is_acked_without_its_effect(
+    amqp_url: str, run_probe: Callable[..., Running]
+) -> None:
+    handled: list[str] = []
+    run_probe(lambda data, meta: handled.append(meta.id))
+    event = request()
+    publish(amqp_url, "report.requested", event)
+    publish(amqp_url, "report.requested", event)
+    second = request()
+    publish(amqp_url, "report.requested", second)
+    wait_for(lambda: second["id"] in handled)
+    time.sleep(0.3)
+    assert handled == [event["id"], second["id"]]
+
+
+def test_scope_travels_into_published_events(amqp_url: str, run_probe: Callable[..., Running]) -> None:
+    listener = EventListener(amqp_url, "report.failed")
+
+    def fail(data: ReportRequested, meta: CloudEvent) -> list[ReportFailed]:
+        return [ReportFailed(report_id=data.report_id or meta.id, stage="probe", reason="r")]
+
+    run_probe(fail)
+    event = request("scoped-1")
+    event.update(locale="fr-CA", correlationid="corr-1",
+                 traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    publish(amqp_url, "report.requested", event)
+    out = listener.wait_for(lambda e: e["data"]["report_id"] == "scoped-1", 20)
+    assert (out["correlationid"], out["locale"], out["traceparent"]) == (
+        "corr-1", "fr-CA", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    assert out["specversion"] == "1.0" and out["source"] == "tests/probe"
+    properties = listener.raw[-1][0]
+    assert properties.content_type == "application/cloudevents+json"
+    assert properties.delivery_mode == 2 and properties.message_id == out["id"]
+    listener.close()

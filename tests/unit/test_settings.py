@@ -1,0 +1,29 @@
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("AMQP_URL", "http://nope"), ("SMTP_PORT", "seventy"), ("ADMINS", "root"), ("LOG_LEVEL", "LOUD")],
+)
+def test_a_malformed_setting_stops_the_service_naming_it(variable: str, value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.notifier"],
+        env={"PATH": "/usr/bin:/bin", variable: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"invalid setting {variable}" in result.stderr
+
+
+def test_a_bad_schedule_stops_the_fetcher() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.fetcher", "beat"],
+        env={"PATH": "/usr/bin:/bin", "REPORT_SCHEDULE": "year=0 0 * * *"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0 and "REPORT_SCHEDULE" in result.stderr
