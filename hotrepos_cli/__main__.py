@@ -6,14 +6,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from hotrepos_cli import schemas
+from hotrepos_cli import cancel, dlq, schemas
 
 # Each module adds its subcommands with register(subparsers) and sets `handler` on its parser.
-COMMAND_MODULES = [schemas]
+COMMAND_MODULES = [cancel, dlq, schemas]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hotrepos", description="hotrepos: GitHub's hottest new repositories")
+    parser = argparse.ArgumentParser(
+        prog="hotrepos", description="hotrepos: GitHub's hottest new repositories"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.register(subparsers)

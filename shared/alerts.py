@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from shared import metrics
 from shared.events import AlertRaised
 from shared.messaging import Publisher
 from shared.topology import ALERTS
@@ -44,6 +45,7 @@ class AlertHandler(logging.Handler):
         self._sender.start()
 
     def emit(self, record: logging.LogRecord) -> None:
+        metrics.ERRORS_LOGGED.labels(level=record.levelname).inc()
         if getattr(_publishing, "active", False):
             return  # an error while publishing an alert must not alert about itself forever
         try:

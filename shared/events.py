@@ -61,6 +61,9 @@ class ReportSpec(EventData):
     since: dt.date = Field(description="First creation date covered (inclusive)")
     layout: Layout = "rows"
     notify: EmailStr | None = None
+    requested_at: dt.datetime | None = Field(
+        default=None, description="When the report was requested; measures how long it took"
+    )
 
 
 class ReportRequested(EventData):

@@ -22,7 +22,7 @@ from kombu.mixins import ConsumerMixin
 from kombu.pools import ProducerPool
 from pydantic import ValidationError
 
-from shared import metrics
+from shared import metrics, tracing
 from shared.context import EventContext, current_context, event_scope
 from shared.events import (
     CONTENT_TYPE,
@@ -44,11 +44,14 @@ from shared.topology import (
     REASON_HEADER,
     RETRIES_HEADER,
     Subscription,
+    exchange_of,
 )
 
 log = structlog.get_logger("hotrepos.messaging")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+ACCESS_REFUSED = 403
+DEFAULT_EXCHANGE_NAME = "amq.default"
 PUBLISH_RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 5}
 
 
@@ -90,7 +93,7 @@ class Outgoing:
 
     data: EventData
     event_id: str | None = None
-    exchange: Exchange = EVENTS
+    exchange: Exchange | None = None
     correlationid: str | None = None
 
 
@@ -140,14 +143,19 @@ class Publisher:
         data: EventData,
         *,
         event_id: str | None = None,
-        exchange: Exchange = EVENTS,
+        exchange: Exchange | None = None,
         correlationid: str | None = None,
     ) -> CloudEvent:
-        context = current_context()
-        if correlationid:
-            context = context.merged(correlationid=correlationid)
-        event = build_event(data, source=self.source, event_id=event_id, context=context)
-        self.publish_event(event, exchange=exchange)
+        event_type = event_type_of(data)
+        exchange = exchange or exchange_of(event_type)
+        with tracing.publish_span(event_type, exchange.name) as span:
+            # Inside the span, so that the event carries it as its traceparent.
+            context = current_context()
+            if correlationid:
+                context = context.merged(correlationid=correlationid)
+            event = build_event(data, source=self.source, event_id=event_id, context=context)
+            span.set_attribute("messaging.message.id", event.id)
+            self.publish_event(event, exchange=exchange)
         return event
 
     def publish_event(self, event: CloudEvent, *, exchange: Exchange = EVENTS) -> None:
@@ -159,7 +167,7 @@ class Publisher:
             message_id=event.id,
             headers=EventContext(event.correlationid, event.locale, event.traceparent).as_headers(),
         )
-        metrics.EVENTS_PUBLISHED.labels(type=event.type).inc()
+        metrics.record_published(event)
         log.debug("event.published", published_type=event.type, event_id=event.id)
 
     def publish_raw(
@@ -175,24 +183,40 @@ class Publisher:
     ) -> None:
         """Publish bytes as they are; returns once the broker has confirmed them."""
         declare = [exchange] if isinstance(exchange, Exchange) and exchange.name else []
-        with self._producers.acquire(block=True, timeout=30) as producer:
-            producer.publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                content_type=content_type,
-                content_encoding="utf-8",
-                delivery_mode=2,
-                message_id=message_id,
-                headers=dict(headers or {}),
-                expiration=expiration,
-                declare=declare,
-                retry=True,
-                retry_policy=self._retry_policy,
-            )
+        try:
+            with self._producers.acquire(block=True, timeout=30) as producer:
+                producer.publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    content_type=content_type,
+                    content_encoding="utf-8",
+                    delivery_mode=2,
+                    message_id=message_id,
+                    headers=dict(headers or {}),
+                    expiration=expiration,
+                    declare=declare,
+                    retry=True,
+                    retry_policy=self._retry_policy,
+                )
+        except self._connection.channel_errors as exc:
+            if getattr(exc, "reply_code", None) != ACCESS_REFUSED:
+                raise
+            # Not a broker outage: this user may not publish there, and retrying cannot change that.
+            name = exchange.name if isinstance(exchange, Exchange) else exchange
+            log.error("publish.refused", exchange=name or DEFAULT_EXCHANGE_NAME, routing_key=routing_key,
+                      reason=str(exc))
+            raise PublishRefused(
+                f"broker refused publishing to {name or DEFAULT_EXCHANGE_NAME!r} with routing key "
+                f"{routing_key!r}: {exc}"
+            ) from exc
 
     def close(self) -> None:
         self._producers.force_close_all()
+
+
+class PublishRefused(Exception):
+    """The broker refused a publish (ACCESS_REFUSED): a permission is missing, not a connection."""
 
 
 class RetryLater(Exception):
@@ -271,14 +295,20 @@ class MessageHandler:
             metrics.EVENTS_CONSUMED.labels(type=exc.event.type, outcome="dead-lettered").inc()
             return
 
-        with self._scope(event, data), log_file_scope(f"{self.service}.{_name_of(route.handler)}"):
+        handler_name = _name_of(route.handler)
+        with (
+            self._scope(event, data),
+            log_file_scope(f"{self.service}.{handler_name}"),
+            tracing.consume_span(event, queue),
+        ):
             try:
                 if self.processed is not None and self.processed.seen(queue, event.id):
                     self._log.info("event.duplicate", event_id=event.id)
                     message.ack()
                     metrics.EVENTS_CONSUMED.labels(type=event_type, outcome="duplicate").inc()
                     return
-                outgoing = list(route.handler(data, event) or ())
+                with tracing.handle_span(event_type, handler_name):
+                    outgoing = list(route.handler(data, event) or ())
             except Rejected as exc:
                 self._dead_letter(message, str(exc))
                 metrics.EVENTS_CONSUMED.labels(type=event_type, outcome="dead-lettered").inc()
@@ -299,8 +329,14 @@ class MessageHandler:
                 metrics.EVENTS_CONSUMED.labels(type=event_type, outcome="crashed").inc()
                 return
             # Publish-then-ack: a crash in between gives a redelivery, which dedup absorbs.
-            for item in outgoing:
-                self._publish(item)
+            try:
+                for item in outgoing:
+                    self._publish(item)
+            except PublishRefused as exc:
+                # Kept in the dead-letter queue for a replay once the permission is fixed.
+                self._dead_letter(message, str(exc))
+                metrics.EVENTS_CONSUMED.labels(type=event_type, outcome="dead-lettered").inc()
+                return
             if self.processed is not None:
                 self.processed.remember(queue, event.id)
             message.ack()
@@ -389,6 +425,9 @@ class MessageHandler:
     def _retry_later(self, message: Message, reason: str, delay: float | None) -> None:
         headers = dict(message.headers or {})
         retries = int(headers.get(RETRIES_HEADER, 0) or 0) + 1
+        if self.subscription.exclusive:
+            self._dead_letter(message, f"cannot retry a broadcast later: {reason}")
+            return
         if retries > self.max_retries:
             self._dead_letter(message, f"gave up after {self.max_retries} retries: {reason}")
             return

@@ -6,12 +6,14 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import redis
 import structlog
 from kombu.connection import Connection
 
 from shared.alerts import AlertHandler
+from shared.control import RedisCancellations, handle_report_cancel_requested
 from shared.dedup import RedisProcessedEvents
 from shared.logging import configure_logging
 from shared.messaging import (
@@ -23,8 +25,11 @@ from shared.messaging import (
     connect,
     declare_topology,
 )
+from shared.observability import ObservabilityServer, start_observability
+from shared.outcomes import RedisOutcomeLedger
 from shared.settings import CommonSettings
-from shared.topology import Subscription
+from shared.topology import Subscription, control_of
+from shared.tracing import configure_tracing
 
 log = structlog.get_logger("hotrepos.service")
 
@@ -39,6 +44,16 @@ class Runtime:
     publisher: Publisher
     redis: redis.Redis
     alerts: AlertHandler
+    cancellations: RedisCancellations
+    outcomes: RedisOutcomeLedger
+    observability: ObservabilityServer | None = None
+
+    def control_routes(self) -> dict[Subscription, dict[str, Route]]:
+        """This replica's exclusive queue on hotrepos.control, handled like any other."""
+        cancel = partial(
+            handle_report_cancel_requested, cancellations=self.cancellations, outcomes=self.outcomes
+        )
+        return {control_of(self.service): {"report.cancel.requested": Route(cancel)}}
 
 
 def start_runtime(service: str, settings: CommonSettings) -> Runtime:
@@ -49,13 +64,18 @@ def start_runtime(service: str, settings: CommonSettings) -> Runtime:
 
     alerts = AlertHandler(service, alert_publisher, interval_seconds=settings.alert_interval_seconds)
     configure_logging(service, settings.log_level, settings.log_dir, extra_handlers=[alerts])
+    configure_tracing(service)
+    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
     return Runtime(
         service=service,
         settings=settings,
         connection=connection,
         publisher=Publisher(connection, source=f"hotrepos/{service}"),
-        redis=redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30),
+        redis=redis_client,
         alerts=alerts,
+        cancellations=RedisCancellations(redis_client),
+        outcomes=RedisOutcomeLedger(redis_client),
+        observability=start_observability(settings, connection),
     )
 
 
@@ -73,6 +93,28 @@ def declare_when_reachable(runtime: Runtime, subscriptions: tuple[Subscription, 
             delay = min(delay * 2, 10)
 
 
+def build_handlers(
+    runtime: Runtime,
+    routes: Mapping[Subscription, Mapping[str, Route]],
+    *,
+    processed: ProcessedEvents | None = None,
+) -> list[MessageHandler]:
+    """One MessageHandler per subscription, for a service that runs its ServiceConsumer itself."""
+    if processed is None:
+        processed = RedisProcessedEvents(runtime.redis)
+    return [
+        MessageHandler(
+            runtime.service,
+            subscription,
+            subscription_routes,
+            runtime.publisher,
+            # A broadcast is meant for every replica: none may skip it as "already handled".
+            None if subscription.exclusive else processed,
+        )
+        for subscription, subscription_routes in routes.items()
+    ]
+
+
 def run_consumers(
     runtime: Runtime,
     routes: Mapping[Subscription, Mapping[str, Route]],
@@ -82,13 +124,9 @@ def run_consumers(
     on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Consume until SIGTERM/SIGINT; in-flight messages finish, unacked ones go back to their queue."""
+    routes = {**routes, **runtime.control_routes()}
     declare_when_reachable(runtime, tuple(routes))
-    if processed is None:
-        processed = RedisProcessedEvents(runtime.redis)
-    handlers = [
-        MessageHandler(runtime.service, subscription, subscription_routes, runtime.publisher, processed)
-        for subscription, subscription_routes in routes.items()
-    ]
+    handlers = build_handlers(runtime, routes, processed=processed)
     consumer = ServiceConsumer(runtime.connection, handlers, prefetch_count=prefetch_count)
     consumer.stop_on_signals()
     log.info("service.started", queues=[s.queue_name for s in routes])

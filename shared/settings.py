@@ -27,6 +27,7 @@ class CommonSettings(BaseSettings):
     log_dir: Path | None = None
     admins: Annotated[list[EmailStr], NoDecode] = Field(default_factory=list)
     alert_interval_seconds: float = Field(default=60.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="0 or unset: no metrics port")
 
     @field_validator("amqp_url")
     @classmethod

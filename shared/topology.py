@@ -29,6 +29,8 @@ class Subscription:
     name: str
     exchange: Exchange
     binding_key: str
+    # Exclusive: one server-named queue per running replica, gone with its connection (broadcasts).
+    exclusive: bool = False
 
     @property
     def queue_name(self) -> str:
@@ -43,6 +45,19 @@ class Subscription:
         return f"{self.queue_name}.retry"
 
     def queue(self) -> Queue:
+        if self.exclusive:
+            return Queue(
+                "",
+                exchange=self.exchange,
+                routing_key=self.binding_key,
+                exclusive=True,
+                auto_delete=True,
+                durable=False,
+                queue_arguments={
+                    "x-dead-letter-exchange": DLX.name,
+                    "x-dead-letter-routing-key": self.queue_name,
+                },
+            )
         return Queue(
             self.queue_name,
             exchange=self.exchange,
@@ -79,6 +94,9 @@ class Subscription:
         )
 
     def all_queues(self) -> list[Queue]:
+        """The queues declared at start; an exclusive queue is declared by its consumer instead."""
+        if self.exclusive:
+            return [self.dead_letter_queue()]
         return [self.queue(), self.dead_letter_queue(), self.retry_queue()]
 
 
@@ -115,5 +133,19 @@ PUBLISHES: dict[str, tuple[str, ...]] = {
 }
 
 
+def control_of(service: str) -> Subscription:
+    """Each replica's own view of hotrepos.control: every replica of every service sees a command."""
+    return Subscription(service, "control", CONTROL, "", exclusive=True)
+
+
 def subscriptions_of(service: str) -> tuple[Subscription, ...]:
     return tuple(s for s in SUBSCRIPTIONS if s.service == service)
+
+
+# Alerts and control messages have exchanges of their own; every other event is on hotrepos.events.
+_EXCHANGE_OF_EVENT = {"alert.raised": ALERTS, "report.cancel.requested": CONTROL}
+
+
+def exchange_of(event_type: str) -> Exchange:
+    """The exchange an event type is published on."""
+    return _EXCHANGE_OF_EVENT.get(event_type, EVENTS)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from services.aggregator.fan_in import PageStore
 from services.aggregator.grouping import deduplicate, group_by_language
+from shared.control import Cancellations
 from shared.events import CloudEvent, ReportAggregated, ReportPageFetched, derived_event_id
 from shared.messaging import Outgoing
 
 
 def handle_report_page_fetched(
-    event: ReportPageFetched, meta: CloudEvent, *, pages: PageStore
+    event: ReportPageFetched, meta: CloudEvent, *, pages: PageStore, cancellations: Cancellations
 ) -> list[Outgoing]:
+    if cancellations.is_cancelled(event.report_id):
+        return []
     arrival = pages.add_page(event.report_id, event.page, event.pages, event.items)
     if arrival.complete_pages is None:
         return []

@@ -19,7 +19,12 @@ class ExporterSettings(CommonSettings):
 def main() -> None:
     settings = load_settings(ExporterSettings)
     runtime = start_runtime("exporter", settings)
-    handler = partial(handle_report_aggregated, reports_dir=settings.reports_dir.resolve())
+    handler = partial(
+        handle_report_aggregated,
+        reports_dir=settings.reports_dir.resolve(),
+        cancellations=runtime.cancellations,
+        outcomes=runtime.outcomes,
+    )
     run_consumers(
         runtime, {EXPORTER_AGGREGATED: {"report.aggregated": Route(handler, fails_report_as="export")}}
     )

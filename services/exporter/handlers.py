@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.exporter.csv_report import file_name, render, sha256_hex, write_atomically
+from shared.control import Cancellations
 from shared.events import (
     CloudEvent,
     LanguageCount,
@@ -13,13 +14,23 @@ from shared.events import (
     derived_event_id,
 )
 from shared.messaging import Outgoing
+from shared.outcomes import Claim, OutcomeLedger
 
 TOP_LANGUAGES = 5
 
 
 def handle_report_aggregated(
-    event: ReportAggregated, meta: CloudEvent, *, reports_dir: Path
+    event: ReportAggregated,
+    meta: CloudEvent,
+    *,
+    reports_dir: Path,
+    cancellations: Cancellations,
+    outcomes: OutcomeLedger,
 ) -> list[Outgoing]:
+    if cancellations.is_cancelled(event.report_id):
+        return []
+    if outcomes.claim(event.report_id, "exported") is Claim.OTHER:
+        return []  # failed or cancelled meanwhile: one outcome per report
     content, rows = render(event)
     path = write_atomically(reports_dir, file_name(event.report_id, event.spec), content)
     by_size = sorted(event.languages, key=lambda g: (-len(g.repositories), g.language.casefold()))

@@ -18,10 +18,9 @@ from services.fetcher.tasks import (
     create_celery_app,
     register_tasks,
 )
-from shared.dedup import RedisProcessedEvents
 from shared.events import utc_today
-from shared.messaging import MessageHandler, Route
-from shared.service import declare_when_reachable, start_runtime
+from shared.messaging import Route
+from shared.service import build_handlers, declare_when_reachable, start_runtime
 from shared.settings import CommonSettings, load_settings
 from shared.topology import FETCHER_REQUESTED
 
@@ -52,27 +51,32 @@ def main() -> None:
         run_beat(app, runtime.publisher, settings.report_schedule, settings.schedule_notify)
         return
 
-    declare_when_reachable(runtime, (FETCHER_REQUESTED,))
+    declare_when_reachable(runtime, (FETCHER_REQUESTED, *runtime.control_routes()))
     github = GitHubClient(settings.github_api_url, settings.github_token)
     policy = RetryPolicy(
         max_attempts=settings.fetch_max_attempts, base_delay=settings.fetch_retry_base_seconds
     )
-    register_tasks(app, github=github, publisher=runtime.publisher, policy=policy)
+    register_tasks(
+        app,
+        github=github,
+        publisher=runtime.publisher,
+        policy=policy,
+        cancellations=runtime.cancellations,
+        outcomes=runtime.outcomes,
+    )
     pinned_today = settings.today
     handler = partial(
         handle_report_requested,
         today=(lambda: pinned_today) if pinned_today else utc_today,
         fetches=CeleryFetchScheduler(app),
         ledger=RedisRequestLedger(runtime.redis),
+        cancellations=runtime.cancellations,
     )
-    requested = MessageHandler(
-        "fetcher",
-        FETCHER_REQUESTED,
-        {"report.requested": Route(handler, fails_report_as="request")},
-        runtime.publisher,
-        RedisProcessedEvents(runtime.redis),
-    )
-    app.steps["consumer"].add(consumer_step([requested]))
+    routes = {
+        FETCHER_REQUESTED: {"report.requested": Route(handler, fails_report_as="request")},
+        **runtime.control_routes(),
+    }
+    app.steps["consumer"].add(consumer_step(build_handlers(runtime, routes)))
     try:
         app.worker_main(
             [

@@ -15,6 +15,7 @@ from services.fetcher.github import (
     RateLimited,
     RetryableGitHubError,
 )
+from shared.control import Cancellations
 from shared.events import (
     PAGES_PER_REPORT,
     CloudEvent,
@@ -55,8 +56,11 @@ def handle_report_requested(
     today: Callable[[], dt.date],
     fetches: FetchScheduler,
     ledger: RequestLedger,
+    cancellations: Cancellations,
 ) -> list[Outgoing]:
     report_id = event.report_id or meta.id
+    if cancellations.is_cancelled(report_id):
+        return []
     current = today()
     ref_date = event.ref_date or current
     spec = ReportSpec(
@@ -64,6 +68,7 @@ def handle_report_requested(
         since=since_date(event.period, ref_date),
         layout=event.layout,
         notify=event.notify,
+        requested_at=meta.time or dt.datetime.now(dt.UTC),
     )
     if ref_date > current:
         reason = f"ref_date {ref_date.isoformat()} is in the future (today is {current.isoformat()} UTC)"

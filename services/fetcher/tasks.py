@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -13,10 +12,13 @@ from kombu.messaging import Consumer
 
 from services.fetcher.github import GitHubClient
 from services.fetcher.handlers import PageFetch, Retry, RetryPolicy, fetch_page
+from shared import tracing
 from shared.context import EventContext, current_context, event_scope
+from shared.control import Cancellations
 from shared.events import ReportFailed, ReportSpec
 from shared.logging import log_file_scope
 from shared.messaging import MessageHandler, Outgoing, Publisher
+from shared.outcomes import Claim, OutcomeLedger
 from shared.settings import CommonSettings
 
 log = structlog.get_logger("hotrepos.fetcher")
@@ -125,7 +127,8 @@ def register_tasks(
     github: GitHubClient,
     publisher: Publisher,
     policy: RetryPolicy,
-    is_cancelled: Callable[[str], bool] = lambda report_id: False,
+    cancellations: Cancellations,
+    outcomes: OutcomeLedger,
 ) -> None:
     rng = random.Random()
 
@@ -136,8 +139,13 @@ def register_tasks(
         bound = structlog.contextvars.bound_contextvars(
             report_id=fetch.report_id, correlation_id=scope.correlationid, page=fetch.page
         )
-        with event_scope(scope), log_file_scope("fetcher.fetch_page"), bound:
-            if is_cancelled(fetch.report_id):
+        with (
+            event_scope(scope),
+            log_file_scope("fetcher.fetch_page"),
+            bound,
+            tracing.span("fetch report page", attributes={"hotrepos.page": fetch.page}),
+        ):
+            if cancellations.is_cancelled(fetch.report_id):
                 log.info("fetch.cancelled")
                 return
             attempt = self.request.retries
@@ -146,12 +154,19 @@ def register_tasks(
                 log.warning("fetch.retry", reason=outcome.reason, attempt=attempt + 1,
                             countdown=round(outcome.countdown, 2))
                 raise self.retry(countdown=outcome.countdown)
-            _publish(publisher, outcome)
+            try:
+                _publish(publisher, outcomes, outcome)
+            except Exception as exc:
+                # Unconfirmed: fetch again later rather than lose the page (the broker may be back).
+                log.warning("fetch.publish_failed", error=str(exc))
+                raise self.retry(countdown=policy.backoff(attempt, rng) + 1) from exc
             log.info("fetch.done", published=type(outcome.data).__name__)
 
 
-def _publish(publisher: Publisher, outgoing: Outgoing) -> None:
+def _publish(publisher: Publisher, outcomes: OutcomeLedger, outgoing: Outgoing) -> None:
     if isinstance(outgoing.data, ReportFailed):
+        if outcomes.claim(outgoing.data.report_id, "failed") is Claim.OTHER:
+            return  # exported or cancelled already: one outcome per report
         # The notifier tells the admins of every report.failed: an alert here would mail them twice.
         log.warning("report.failed", reason=outgoing.data.reason)
     publisher.publish(
@@ -168,7 +183,7 @@ def consumer_step(handlers: list[MessageHandler]) -> type[bootsteps.ConsumerStep
     class EventQueuesStep(bootsteps.ConsumerStep):  # type: ignore[misc]
         def get_consumers(self, channel: Any) -> list[Consumer]:
             return [
-                Consumer(channel, queues=[handler.subscription.queue()], on_message=handler)
+                Consumer(channel, queues=[handler.subscription.queue()], on_message=handler, accept=None)
                 for handler in handlers
             ]
 

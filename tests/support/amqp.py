@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import threading
@@ -88,10 +89,8 @@ class EventListener:
                     continue
                 with self._lock:
                     self.raw.append((properties, body))
-                    try:
+                    with contextlib.suppress(ValueError):
                         self.events.append(json.loads(body))
-                    except ValueError:
-                        pass
             connection.close()
         except pika.exceptions.AMQPError:
             pass  # the test's vhost is gone: nothing more to hear
@@ -144,5 +143,14 @@ def dead_letters(amqp_url: str, queue: str) -> list[tuple[Any, bytes]]:
         for tag in tags:
             channel.basic_nack(tag, requeue=True)
         return found
+    finally:
+        connection.close()
+
+
+def queue_depth(amqp_url: str, queue: str) -> int:
+    """Messages ready in a queue, from the broker itself (the management API's figures lag)."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
     finally:
         connection.close()

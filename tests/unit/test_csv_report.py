@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.events import LanguageGroup, ReportAggregated, ReportSpec, Repository
 from services.exporter.csv_report import file_name, neutralise, render, write_atomically
+from shared.events import LanguageGroup, ReportAggregated, ReportSpec, Repository
 
 
 def report(layout: str = "rows") -> ReportAggregated:

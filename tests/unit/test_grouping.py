@@ -1,5 +1,5 @@
-from shared.events import Repository
 from services.aggregator.grouping import deduplicate, group_by_language
+from shared.events import Repository
 
 
 def repo(id: int, language: str | None, stars: int, name: str | None = None) -> Repository:

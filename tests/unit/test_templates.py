@@ -1,8 +1,8 @@
 import datetime as dt
 
-from shared.events import LanguageCount
 from services.notifier.mailer import header_safe
 from services.notifier.templates import ready_email, resolve_locale
+from shared.events import LanguageCount
 
 
 def ready(locale: str | None) -> tuple[str, str]:

@@ -1,0 +1,1 @@
+"""The gateway: the web page and HTTP API in front of the pipeline."""

@@ -1,0 +1,50 @@
+"""Cancel: a command broadcast on hotrepos.control that every replica of every service obeys."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from shared.events import CloudEvent, ReportCancelRequested, ReportFailed, derived_event_id
+from shared.messaging import Outgoing
+from shared.outcomes import Claim, OutcomeLedger
+
+CANCELLED_TTL_SECONDS = 7 * 24 * 3600
+CANCELLED_STAGE = "cancelled"
+
+
+class Cancellations(Protocol):
+    def cancel(self, report_id: str) -> None: ...
+
+    def is_cancelled(self, report_id: str) -> bool: ...
+
+
+class RedisCancellations:
+    """Cancelled report ids, shared so that a replica started after the broadcast knows too."""
+
+    def __init__(self, redis_client: Any) -> None:
+        self._redis = redis_client
+        self._known: set[str] = set()
+
+    def cancel(self, report_id: str) -> None:
+        self._known.add(report_id)
+        self._redis.set(f"hotrepos:cancelled:{report_id}", 1, ex=CANCELLED_TTL_SECONDS)
+
+    def is_cancelled(self, report_id: str) -> bool:
+        if report_id in self._known:
+            return True
+        if self._redis.exists(f"hotrepos:cancelled:{report_id}"):
+            self._known.add(report_id)
+            return True
+        return False
+
+
+def handle_report_cancel_requested(
+    event: ReportCancelRequested, meta: CloudEvent, *, cancellations: Cancellations, outcomes: OutcomeLedger
+) -> list[Outgoing]:
+    cancellations.cancel(event.report_id)
+    # Every replica hears the broadcast; the one that claims the outcome tells the others.
+    if outcomes.claim(event.report_id, "failed") is not Claim.NEW:
+        return []
+    failed = ReportFailed(report_id=event.report_id, stage=CANCELLED_STAGE, reason=event.reason)
+    event_id = derived_event_id(event.report_id, "failed")
+    return [Outgoing(failed, event_id=event_id, correlationid=event.report_id)]

@@ -1,0 +1,125 @@
+"""Nothing twice, cancel, graceful shutdown: the guards of the delivery promise, one test each."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fake_github import FakeGitHub
+from tests.support.amqp import EventListener, cloud_event, publish, queue_depth
+from tests.support.pipeline import Pipeline
+from tests.support.services import ServiceProcess
+from tests.support.smtp import SmtpSink
+
+REQUESTER = "twice@example.com"
+
+
+@pytest.fixture
+def listener(pipeline: Pipeline) -> Iterator[EventListener]:
+    events = EventListener(pipeline.amqp_url, "#")
+    yield events
+    events.close()
+
+
+def outcome_ids(listener: EventListener, report_id: str) -> set[tuple[str, str]]:
+    return {(e["type"], e["id"]) for e in listener.events
+            if e.get("type") in ("report.exported", "report.failed")
+            and (e.get("data") or {}).get("report_id") == report_id}
+
+
+def test_a_duplicated_request_makes_one_report_one_csv_one_email(
+    pipeline: Pipeline, fake_github: FakeGitHub, listener: EventListener, module_smtp_sink: SmtpSink
+) -> None:
+    report_id = f"dup-{uuid.uuid4().hex[:12]}"
+    data = {"report_id": report_id, "period": "day", "notify": REQUESTER}
+    publish(pipeline.amqp_url, "report.requested", cloud_event("report.requested", data))
+    publish(pipeline.amqp_url, "report.requested", cloud_event("report.requested", data))
+    listener.wait_for_outcome(report_id, 90)
+    module_smtp_sink.wait_for(lambda m: report_id in m.get_content(), 30)
+    time.sleep(2)  # room for a second outcome or email, should the guard fail
+    assert outcome_ids(listener, report_id) == {("report.exported", outcome_ids(listener, report_id).pop()[1])}
+    assert len(list(pipeline.reports_dir.glob(f"*{report_id}.csv"))) == 1
+    assert len([m for m in module_smtp_sink.messages if report_id in m.get_content()]) == 1
+    assert fake_github.stats()["requests"] == 5
+
+
+def test_a_republished_outcome_sends_no_second_email(
+    pipeline: Pipeline, listener: EventListener, module_smtp_sink: SmtpSink
+) -> None:
+    report_id = f"rep-{uuid.uuid4().hex[:12]}"
+    publish(pipeline.amqp_url, "report.requested",
+            cloud_event("report.requested", {"report_id": report_id, "period": "day", "notify": REQUESTER}))
+    exported = listener.wait_for_outcome(report_id, 90)
+    module_smtp_sink.wait_for(lambda m: report_id in m.get_content(), 30)
+    # The same outcome republished under a new event id, as a confused publisher would.
+    again = cloud_event("report.exported", exported["data"], correlationid=report_id)
+    publish(pipeline.amqp_url, "report.exported", again)
+    listener.wait_for(lambda e: e["id"] == again["id"], 30)
+    time.sleep(2)
+    assert len([m for m in module_smtp_sink.messages if report_id in m.get_content()]) == 1
+
+
+def test_cancel_drops_pending_work_and_fails_the_report_once(
+    pipeline: Pipeline, fake_github: FakeGitHub, listener: EventListener
+) -> None:
+    fake_github.set_latency(1500)
+    fake_github.add_fault("retry_after", page=5, times=None, seconds=30)
+    report_id = f"cancel-{uuid.uuid4().hex[:12]}"
+    publish(pipeline.amqp_url, "report.requested",
+            cloud_event("report.requested", {"report_id": report_id, "period": "month"}))
+    listener.wait_for(lambda e: e["type"] == "report.page.fetched" and e["data"]["report_id"] == report_id, 60)
+    result = subprocess.run(
+        [sys.executable, "-m", "hotrepos_cli", "cancel", report_id, "--reason", "changed my mind"],
+        env={**os.environ, "AMQP_URL": pipeline.amqp_url}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    failed = listener.wait_for_outcome(report_id, 30)
+    assert failed["type"] == "report.failed"
+    assert (failed["data"]["stage"], failed["data"]["reason"]) == ("cancelled", "changed my mind")
+    time.sleep(3)
+    assert outcome_ids(listener, report_id) == {("report.failed", failed["id"])}
+    assert not list(pipeline.reports_dir.glob(f"*{report_id}*"))
+    fake_github.set_latency(0)
+
+
+def test_sigterm_finishes_or_requeues_in_flight_work_and_exits_in_bound(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """A second exporter gets a burst, then SIGTERM: every message ends exported or back in the queue."""
+    listener = EventListener(pipeline.amqp_url, "report.exported")
+    env = {**pipeline.env(), "REPORTS_DIR": str(tmp_path)}
+    exporters = [p for p in pipeline.processes if p.name == "exporter"]
+    for process in exporters:
+        process.stop()
+        pipeline.processes.remove(process)
+    exporter = ServiceProcess("exporter", env, tmp_path).start()
+    pipeline.wait_for_consumer("exporter.report.aggregated")
+    ids = []
+    for index in range(40):
+        report_id = f"term-{index}-{uuid.uuid4().hex[:8]}"
+        ids.append(report_id)
+        spec = {"period": "day", "since": dt.date(2026, 11, 21).isoformat(), "layout": "rows"}
+        publish(pipeline.amqp_url, "report.aggregated", cloud_event(
+            "report.aggregated", {"report_id": report_id, "spec": spec, "total": 0, "languages": []}))
+    listener.wait_for(lambda e: e["data"]["report_id"] in ids, 30)
+    assert exporter.process is not None
+    started = time.monotonic()
+    exporter.process.terminate()
+    code = exporter.process.wait(30)
+    assert code == 0, exporter.output()[-2000:]
+    assert time.monotonic() - started < 30
+    time.sleep(1)
+    exported = {e["data"]["report_id"] for e in listener.events}
+    waiting = queue_depth(pipeline.amqp_url, "exporter.report.aggregated")
+    assert len(exported & set(ids)) + waiting == len(ids)
+    listener.close()
+    pipeline.start("exporter")
+    pipeline.wait_for_consumer("exporter.report.aggregated")
