@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pika
 
@@ -54,7 +55,7 @@ def main() -> int:
     amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
     reports_dir, mail_dir, log_dir = args.var / "reports", args.var / "mail", args.var / "logs"
     with FakeGitHub(port=0) as github:
-        sink = MailSink(mail_dir, port=0 if False else _free_port()).start()
+        sink = MailSink(mail_dir, port=_free_port()).start()
         env = {
             "AMQP_URL": amqp_url,
             "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -67,7 +68,9 @@ def main() -> int:
             "LOG_DIR": str(log_dir),
             "LOG_LEVEL": "WARNING",
         }
-        stack = Stack(env=env, scale={}, out=open(log_dir.parent / "services.log", "a") if _mkdirs(log_dir) else sys.stdout)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        services_log = (args.var / "services.log").open("a")
+        stack = Stack(env=env, scale={}, out=services_log)
         stack.start()
         try:
             params = pika.URLParameters(amqp_url)
@@ -106,7 +109,7 @@ def main() -> int:
             if outcome["type"] == "report.failed":
                 print(f"demo: report failed at {outcome['data']['stage']}: {outcome['data']['reason']}")
                 return 1
-            data = outcome["data"]
+            data: dict[str, Any] = outcome["data"]
             print(f"demo: CSV written: {data['path']} ({data['rows']} rows, sha256 {data['sha256'][:12]}...)")
             for line in Path(data["path"]).read_text(encoding="utf-8").splitlines()[:4]:
                 print(f"      {line[:110]}")
@@ -117,11 +120,7 @@ def main() -> int:
         finally:
             stack.stop()
             sink.stop()
-
-
-def _mkdirs(log_dir: Path) -> bool:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    return True
+            services_log.close()
 
 
 def _free_port() -> int:
@@ -132,15 +131,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_outcome(channel: object, queue: str, report_id: str, timeout: float) -> dict[str, object]:
+def _wait_outcome(channel: Any, queue: str, report_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        method, _, body = channel.basic_get(queue, auto_ack=True)  # type: ignore[attr-defined]
+        method, _, body = channel.basic_get(queue, auto_ack=True)
         if method is None:
-            channel.connection.sleep(0.1)  # type: ignore[attr-defined]
+            channel.connection.sleep(0.1)
             continue
-        event: dict[str, object] = json.loads(body)
-        if (event.get("data") or {}).get("report_id") == report_id:  # type: ignore[union-attr]
+        event: dict[str, Any] = json.loads(body)
+        if (event.get("data") or {}).get("report_id") == report_id:
             return event
     raise SystemExit(f"demo: no outcome for {report_id} after {timeout}s")
 

@@ -1,0 +1,43 @@
+"""Celery beat publishes report.requested on hotrepos.events, not a Celery task."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from services.fetcher.beat import PublishingScheduler, parse_schedule
+from services.fetcher.tasks import create_celery_app
+from shared.messaging import Publisher, connect, declare_topology
+from shared.settings import CommonSettings
+from tests.support.amqp import EventListener
+
+
+def test_schedule_parsing() -> None:
+    entries = parse_schedule("day=0 0 * * *; week=30 1 * * 1")
+    assert [e["args"] for e in entries.values()] == [("day",), ("week",)]
+    for bad in ("year=0 0 * * *", "day=0 0 *", "day"):
+        with pytest.raises(ValueError):
+            parse_schedule(bad)
+
+
+def test_a_due_entry_publishes_a_report_request(amqp_url: str) -> None:
+    settings = CommonSettings(amqp_url=amqp_url)
+    listener = EventListener(amqp_url, "report.requested")
+    app = create_celery_app(settings)
+    app.conf.beat_schedule = parse_schedule("week=* * * * *")
+    with connect(settings) as connection:
+        declare_topology(connection, [])
+        PublishingScheduler.publisher = Publisher(connection, source="hotrepos/fetcher-beat")
+        PublishingScheduler.notify = "team@example.com"
+        scheduler = PublishingScheduler(app=app, lazy=True)
+        scheduler.setup_schedule()
+        (entry,) = scheduler.schedule.values()
+        scheduler.apply_entry(entry)
+        event = listener.wait_for(lambda e: e["type"] == "report.requested", 20)
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    assert event["source"] == "hotrepos/fetcher-beat"
+    assert event["data"] == {"report_id": f"scheduled-week-{today}", "period": "week", "ref_date": today,
+                             "notify": "team@example.com", "layout": "rows"}
+    assert event["correlationid"] == f"scheduled-week-{today}"
+    listener.close()

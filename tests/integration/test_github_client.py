@@ -1,0 +1,99 @@
+"""The GitHub adapter against the fake GitHub: the request it sends, and how each failure is classified."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from services.fetcher.github import (
+    GitHubClient,
+    IncompleteResults,
+    PermanentGitHubError,
+    RateLimited,
+    RetryableGitHubError,
+)
+from services.fetcher.handlers import PageFetch, Retry, RetryPolicy, fetch_page
+from shared.events import ReportFailed, ReportPageFetched, ReportSpec
+from tests.fake_github import FakeGitHub
+
+SINCE = dt.date(2026, 11, 15)
+
+
+@pytest.fixture
+def github() -> Iterator[FakeGitHub]:
+    with FakeGitHub(port=0, seed=7, today=dt.date(2026, 11, 22)) as fake:
+        yield fake
+
+
+def client(github: FakeGitHub) -> GitHubClient:
+    return GitHubClient(github.url, "secret-token")
+
+
+def test_a_page_is_fetched_with_the_token_and_trimmed(github: FakeGitHub) -> None:
+    page = client(github).search_page(SINCE, 1)
+    expected = github.expected_items(SINCE, pages=1)
+    assert [r.id for r in page.items] == [item["id"] for item in expected]
+    assert page.items[0].model_dump().keys() == {
+        "id", "full_name", "html_url", "description", "language", "stargazers_count", "forks_count", "created_at"}
+    assert github.stats()["by_token"] == {"secret-token": 1}
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ({"kind": "status", "status": 500}, RetryableGitHubError),
+        ({"kind": "status", "status": 502}, RetryableGitHubError),
+        ({"kind": "status", "status": 503}, RetryableGitHubError),
+        ({"kind": "truncated"}, RetryableGitHubError),
+        ({"kind": "status", "status": 422}, PermanentGitHubError),
+        ({"kind": "status", "status": 404}, PermanentGitHubError),
+        ({"kind": "incomplete"}, IncompleteResults),
+    ],
+)
+def test_failures_are_classified(github: FakeGitHub, fault: dict[str, object], error: type[Exception]) -> None:
+    github.add_faults([{**fault, "page": 1, "times": 1}])
+    with pytest.raises(error):
+        client(github).search_page(SINCE, 1)
+
+
+def test_rate_limits_say_how_long_to_wait(github: FakeGitHub) -> None:
+    github.add_fault("rate_limit", page=1, times=1, reset_in=3)
+    with pytest.raises(RateLimited) as limited:
+        client(github).search_page(SINCE, 1)
+    assert 1 <= limited.value.wait_seconds <= 4
+    github.add_fault("retry_after", page=1, times=1, seconds=7)
+    with pytest.raises(RateLimited) as told:
+        client(github).search_page(SINCE, 1)
+    assert told.value.wait_seconds == 7
+
+
+def test_missing_optional_fields_are_tolerated(github: FakeGitHub) -> None:
+    github.add_fault("missing_fields", page=1, times=1)
+    page = client(github).search_page(SINCE, 1)
+    assert len(page.items) == 100 and all(r.description is None and r.language is None for r in page.items)
+
+
+def decide(github: FakeGitHub, attempt: int) -> object:
+    spec = ReportSpec(period="week", since=SINCE)
+    return fetch_page(PageFetch("r", 2, 5, spec), attempt, github=client(github),
+                      policy=RetryPolicy(max_attempts=3, base_delay=0.5), rng=random.Random(1))
+
+
+def test_retry_decisions(github: FakeGitHub) -> None:
+    github.add_fault("status", page=2, status=503)
+    first = decide(github, 0)
+    assert isinstance(first, Retry) and 0 <= first.countdown <= 0.5
+    last = decide(github, 2)
+    assert isinstance(last.data, ReportFailed) and "gave up after 3 attempts" in last.data.reason  # type: ignore[union-attr]
+    github.reset()
+    github.add_fault("status", page=2, status=422)
+    failed = decide(github, 0)
+    assert isinstance(failed.data, ReportFailed) and "422" in failed.data.reason  # type: ignore[union-attr]
+    github.reset()
+    github.add_fault("incomplete", page=2)
+    assert isinstance(decide(github, 0), Retry)
+    accepted = decide(github, 2)
+    assert isinstance(accepted.data, ReportPageFetched) and accepted.data.incomplete_results  # type: ignore[union-attr]
