@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 from celery import Celery, bootsteps, signals
+from celery.exceptions import Retry as CeleryRetry
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Consumer
 
@@ -35,6 +36,7 @@ TASK_QUEUE = Queue(
     queue_arguments={"x-queue-type": "classic"},
 )
 FETCH_PAGE_TASK = "hotrepos.fetcher.fetch_page"
+UNEXPECTED_ERROR_RETRIES = 20
 
 
 @signals.setup_logging.connect
@@ -145,21 +147,27 @@ def register_tasks(
             bound,
             tracing.span("fetch report page", attributes={"hotrepos.page": fetch.page}),
         ):
-            if cancellations.is_cancelled(fetch.report_id):
-                log.info("fetch.cancelled")
-                return
             attempt = self.request.retries
-            outcome = fetch_page(fetch, attempt, github=github, policy=policy, rng=rng)
-            if isinstance(outcome, Retry):
-                log.warning("fetch.retry", reason=outcome.reason, attempt=attempt + 1,
-                            countdown=round(outcome.countdown, 2))
-                raise self.retry(countdown=outcome.countdown)
             try:
+                if cancellations.is_cancelled(fetch.report_id):
+                    log.info("fetch.cancelled")
+                    return
+                outcome = fetch_page(fetch, attempt, github=github, policy=policy, rng=rng)
+                if isinstance(outcome, Retry):
+                    log.warning("fetch.retry", reason=outcome.reason, attempt=attempt + 1,
+                                countdown=round(outcome.countdown, 2))
+                    raise self.retry(countdown=outcome.countdown)
                 _publish(publisher, outcomes, outcome)
+            except CeleryRetry:
+                raise
             except Exception as exc:
-                # Unconfirmed: fetch again later rather than lose the page (the broker may be back).
-                log.warning("fetch.publish_failed", error=str(exc))
-                raise self.retry(countdown=policy.backoff(attempt, rng) + 1) from exc
+                # Redis or the broker unreachable, or a bug: a failed task would be acked and its page lost,
+                # so try again later; past the limit, an alert tells the admins the report is stuck.
+                if attempt >= UNEXPECTED_ERROR_RETRIES:
+                    log.exception("fetch.gave_up", attempt=attempt + 1)
+                    return
+                log.warning("fetch.unexpected_error", error=f"{type(exc).__name__}: {exc}", attempt=attempt + 1)
+                raise self.retry(countdown=min(60.0, policy.backoff(attempt, rng) + 1)) from exc
             log.info("fetch.done", published=type(outcome.data).__name__)
 
 
