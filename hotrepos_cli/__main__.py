@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
-from hotrepos_cli import cancel, dlq, schemas
+import structlog
+
+from hotrepos_cli import asyncapi, cancel, dlq, logs, publish, request, schemas, tail
 
 # Each module adds its subcommands with register(subparsers) and sets `handler` on its parser.
-COMMAND_MODULES = [cancel, dlq, schemas]
+COMMAND_MODULES = [cancel, dlq, publish, request, schemas, tail, asyncapi, logs]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_logs() -> None:
+    """A command's stdout is its result: the shared layers' logs go to stderr, warnings and worse only."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        # Looked up at each use, not bound now: whoever swaps sys.stderr later (a test) is obeyed.
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_library_logs()
     return int(args.handler(args) or 0)
 
 

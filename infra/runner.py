@@ -30,7 +30,8 @@ SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "exporter": ("services.exporter", ()),
     "notifier": ("services.notifier", ()),
 }
-SCALABLE = {"fetcher", "aggregator", "exporter", "notifier", "gateway"}
+# The gateway listens on one GATEWAY_PORT, so one per machine (compose publishes one host port too).
+SCALABLE = {"fetcher", "aggregator", "exporter", "notifier"}
 OPTIONAL_SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {"gateway": ("services.gateway", ())}
 
 
@@ -87,22 +88,33 @@ class Stack:
     with_gateway: bool = False
     out: IO[str] = sys.stdout
     processes: list[Managed] = field(default_factory=list)
+    # Per service (all its replicas): e.g. its own broker user's AMQP_URL, as compose gives each one.
+    service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def plan(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        return [(name, module, args) for name, _, module, args in self._replicas()]
+
+    def _replicas(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
         services = dict(SERVICES)
         if self.with_gateway:
             services.update(OPTIONAL_SERVICES)
-        plan = []
-        for name, (module, args) in services.items():
-            replicas = 1 if name == "fetcher-beat" else self.scale.get(name, 1)
+        replicas_planned = []
+        for service, (module, args) in services.items():
+            replicas = 1 if service == "fetcher-beat" else self.scale.get(service, 1)
             for index in range(1, replicas + 1):
-                plan.append((f"{name}-{index}" if replicas > 1 else name, module, args))
-        return plan
+                name = f"{service}-{index}" if replicas > 1 else service
+                replicas_planned.append((name, service, module, args))
+        return replicas_planned
 
     def start(self) -> None:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        for name, module, args in self.plan():
-            managed = Managed(name, [sys.executable, "-m", module, *args], env)
+        metrics_port = int(env.get("METRICS_PORT") or 0)
+        for offset, (name, service, module, args) in enumerate(self._replicas()):
+            replica_env = {**env, **self.service_env.get(service, {})}
+            if metrics_port:
+                # One machine, one port each: in compose every container has 9100 to itself.
+                replica_env["METRICS_PORT"] = str(metrics_port + offset)
+            managed = Managed(name, [sys.executable, "-m", module, *args], replica_env)
             managed.start(self.out)
             self.processes.append(managed)
 

@@ -28,6 +28,13 @@ if [ -z "${REDIS_URL:-}" ] && ! port_open 6379; then
   wait_port 6379
 fi
 
+# The browser test drives Debian's Chromium; it is installed only where this script may install it.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "bootstrap: installing chromium for the browser test"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

@@ -39,9 +39,16 @@ class RedisCancellations:
 
 
 def handle_report_cancel_requested(
-    event: ReportCancelRequested, meta: CloudEvent, *, cancellations: Cancellations, outcomes: OutcomeLedger
+    event: ReportCancelRequested,
+    meta: CloudEvent,
+    *,
+    cancellations: Cancellations,
+    outcomes: OutcomeLedger,
+    may_fail_reports: bool,
 ) -> list[Outgoing]:
     cancellations.cancel(event.report_id)
+    if not may_fail_reports:
+        return []  # the notifier and the gateway only stop their own work
     # Every replica hears the broadcast; the one that claims the outcome tells the others.
     if outcomes.claim(event.report_id, "failed") is not Claim.NEW:
         return []

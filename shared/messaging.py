@@ -43,6 +43,7 @@ from shared.topology import (
     ORIGINAL_ROUTING_KEY_HEADER,
     REASON_HEADER,
     RETRIES_HEADER,
+    RETRY,
     Subscription,
     exchange_of,
 )
@@ -440,8 +441,8 @@ class MessageHandler:
         headers.setdefault(ORIGINAL_ROUTING_KEY_HEADER, delivery.get("routing_key", ""))
         self.publisher.publish_raw(
             _raw_body(message),
-            exchange="",
-            routing_key=self.subscription.retry_name,
+            exchange=RETRY,
+            routing_key=self.subscription.queue_name,
             message_id=message.properties.get("message_id"),
             headers=headers,
             content_type=message.content_type or CONTENT_TYPE,

@@ -28,7 +28,7 @@ from shared.messaging import (
 from shared.observability import ObservabilityServer, start_observability
 from shared.outcomes import RedisOutcomeLedger
 from shared.settings import CommonSettings
-from shared.topology import Subscription, control_of
+from shared.topology import PUBLISHES, Subscription, control_of
 from shared.tracing import configure_tracing
 
 log = structlog.get_logger("hotrepos.service")
@@ -51,7 +51,10 @@ class Runtime:
     def control_routes(self) -> dict[Subscription, dict[str, Route]]:
         """This replica's exclusive queue on hotrepos.control, handled like any other."""
         cancel = partial(
-            handle_report_cancel_requested, cancellations=self.cancellations, outcomes=self.outcomes
+            handle_report_cancel_requested,
+            cancellations=self.cancellations,
+            outcomes=self.outcomes,
+            may_fail_reports="report.failed" in PUBLISHES.get(self.service, ()),
         )
         return {control_of(self.service): {"report.cancel.requested": Route(cancel)}}
 

@@ -16,7 +16,8 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 class CommonSettings(BaseSettings):
     """What every service needs: the broker, Redis, logging and the admins."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    # Empty means unset: `.env` files and compose's `${VAR:-}` pass optional settings as "".
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", env_ignore_empty=True)
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     amqp_ca_file: Path | None = None

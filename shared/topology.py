@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kombu.entity import Exchange, Queue
+from kombu.entity import Exchange, Queue, binding
 
 EVENTS = Exchange("hotrepos.events", type="topic", durable=True)
 ALERTS = Exchange("hotrepos.alerts", type="fanout", durable=True)
 CONTROL = Exchange("hotrepos.control", type="fanout", durable=True)
-DLX = Exchange("hotrepos.dlx", type="direct", durable=True)
-EXCHANGES = (EVENTS, ALERTS, CONTROL, DLX)
+# Topic, not direct, for the three below: routing keys are queue names, and the broker's topic
+# permissions then stop one service's user from writing into another service's queues.
+DLX = Exchange("hotrepos.dlx", type="topic", durable=True)
+RETRY = Exchange("hotrepos.retry", type="topic", durable=True)
+REDELIVER = Exchange("hotrepos.redeliver", type="topic", durable=True)
+EXCHANGES = (EVENTS, ALERTS, CONTROL, DLX, RETRY, REDELIVER)
 
 # A message that crashes its consumer this many times is dead-lettered by the broker itself.
 DELIVERY_LIMIT = 5
@@ -60,8 +64,11 @@ class Subscription:
             )
         return Queue(
             self.queue_name,
-            exchange=self.exchange,
-            routing_key=self.binding_key,
+            bindings=[
+                binding(self.exchange, routing_key=self.binding_key),
+                # Where its delayed retries come back from, through the broker's dead-lettering.
+                binding(REDELIVER, routing_key=self.queue_name),
+            ],
             durable=True,
             queue_arguments={
                 "x-queue-type": "quorum",
@@ -81,14 +88,16 @@ class Subscription:
         )
 
     def retry_queue(self) -> Queue:
-        # Per-message TTL then dead-lettering through the default exchange puts a delayed retry
-        # back on this queue alone, not on every queue bound to the event's routing key.
+        # A message waits here for its per-message TTL, then the broker dead-letters it back to this
+        # subscription's queue alone, not to every queue bound to the event's routing key.
         return Queue(
             self.retry_name,
+            exchange=RETRY,
+            routing_key=self.queue_name,
             durable=True,
             queue_arguments={
                 "x-queue-type": "classic",
-                "x-dead-letter-exchange": "",
+                "x-dead-letter-exchange": REDELIVER.name,
                 "x-dead-letter-routing-key": self.queue_name,
             },
         )
@@ -129,7 +138,7 @@ PUBLISHES: dict[str, tuple[str, ...]] = {
     "aggregator": ("report.aggregated", "report.failed"),
     "exporter": ("report.exported", "report.failed"),
     "notifier": (),
-    "gateway": ("report.requested",),
+    "gateway": ("report.requested", "report.cancel.requested"),
 }
 
 

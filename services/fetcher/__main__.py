@@ -10,8 +10,10 @@ from pydantic import EmailStr, Field
 
 from services.fetcher.beat import parse_schedule, run_beat
 from services.fetcher.github import GitHubClient
+from services.fetcher.github_cache import RedisPageCache, github_scope
 from services.fetcher.handlers import RetryPolicy, handle_report_requested
 from services.fetcher.ledger import RedisRequestLedger
+from services.fetcher.rate_budget import RedisRequestBudget
 from services.fetcher.tasks import (
     CeleryFetchScheduler,
     consumer_step,
@@ -31,6 +33,8 @@ class FetcherSettings(CommonSettings):
     fetcher_concurrency: int = Field(default=8, ge=1, le=64)
     fetch_max_attempts: int = Field(default=5, ge=1, le=20)
     fetch_retry_base_seconds: float = Field(default=1.0, gt=0)
+    github_rate_limit_per_minute: int = Field(default=30, ge=0, description="0: no shared budget")
+    github_cache_seconds: float = Field(default=60.0, ge=0, description="0: no shared page cache")
     report_schedule: str = "day=0 0 * * *"
     schedule_notify: EmailStr | None = None
     today: dt.date | None = Field(default=None, description="Pin 'today' (demos and tests only)")
@@ -52,7 +56,17 @@ def main() -> None:
         return
 
     declare_when_reachable(runtime, (FETCHER_REQUESTED, *runtime.control_routes()))
-    github = GitHubClient(settings.github_api_url, settings.github_token)
+    scope = github_scope(settings.github_api_url.rstrip("/"), settings.github_token)
+    github = GitHubClient(
+        settings.github_api_url,
+        settings.github_token,
+        cache=RedisPageCache(runtime.redis, settings.github_cache_seconds)
+        if settings.github_cache_seconds > 0
+        else None,
+        budget=RedisRequestBudget(runtime.redis, settings.github_rate_limit_per_minute, scope)
+        if settings.github_rate_limit_per_minute > 0
+        else None,
+    )
     policy = RetryPolicy(
         max_attempts=settings.fetch_max_attempts, base_delay=settings.fetch_retry_base_seconds
     )

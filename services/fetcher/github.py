@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import requests
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from services.fetcher.github_cache import RedisPageCache, github_scope
+from services.fetcher.rate_budget import RedisRequestBudget
 from shared import metrics
 from shared.events import ITEMS_PER_PAGE, Repository
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
+# A page waits this long for the shared budget in its thread; a longer wait goes back to the task queue.
+MAX_BUDGET_WAIT_IN_THREAD = 2.0
+LEAD_ATTEMPTS = 3
 
 
 class GitHubError(Exception):
@@ -67,6 +73,27 @@ def trim(item: dict[str, Any]) -> Repository:
     )
 
 
+class _SearchBody(BaseModel):
+    total_count: int = 0
+    incomplete_results: bool = False
+    items: list[Repository]
+
+
+def parse_search_body(content: bytes) -> SearchPage:
+    """Parse and trim in one pass: GitHub's other fields are skipped while parsing, never built."""
+    try:
+        body = _SearchBody.model_validate_json(content, extra="ignore")
+    except ValidationError:
+        # Items without a field trim() defaults (stars, forks, creation time) take the lenient path.
+        raw = json.loads(content)
+        return SearchPage(
+            items=[trim(item) for item in raw["items"]],
+            total_count=int(raw.get("total_count", 0)),
+            incomplete_results=bool(raw.get("incomplete_results", False)),
+        )
+    return SearchPage(body.items, body.total_count, body.incomplete_results)
+
+
 def _wait_from_headers(headers: Any, now: float) -> float | None:
     retry_after = headers.get("Retry-After")
     if retry_after:
@@ -80,9 +107,20 @@ def _wait_from_headers(headers: Any, now: float) -> float | None:
 
 
 class GitHubClient:
-    def __init__(self, api_url: str, token: str | None, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        token: str | None,
+        session: requests.Session | None = None,
+        *,
+        cache: RedisPageCache | None = None,
+        budget: RedisRequestBudget | None = None,
+    ) -> None:
         self.api_url = api_url.rstrip("/")
         self.session = session or requests.Session()
+        self.cache = cache
+        self.budget = budget
+        self._scope = github_scope(self.api_url, token)
         self.session.headers.update(
             {
                 "Accept": "application/vnd.github+json",
@@ -101,9 +139,60 @@ class GitHubClient:
             "per_page": str(per_page),
             "page": str(page),
         }
+        if self.cache is None:
+            return self._parse(self._request(params, page, etag=None), page)
+        return self._search_shared(self.cache, params, page)
+
+    def _search_shared(self, cache: RedisPageCache, params: dict[str, str], page: int) -> SearchPage:
+        """Identical searches from any replica cost one request: served fresh, awaited, or revalidated."""
+        key = cache.key(self._scope, params)
+        lead = cached = None
+        for _ in range(LEAD_ATTEMPTS):
+            cached = cache.get(key)
+            if cached is not None and cached.fresh:
+                return SearchPage(cached.items, cached.total_count, incomplete_results=False)
+            lead = cache.lead(key)
+            if lead is not None:
+                break
+            awaited = cache.wait(key)
+            if awaited is not None:
+                return SearchPage(awaited.items, awaited.total_count, incomplete_results=False)
+        try:
+            response = self._request(params, page, etag=cached.etag if cached else None)
+            if response.status_code == 304 and cached is not None:
+                cache.refresh(key)
+                return SearchPage(cached.items, cached.total_count, incomplete_results=False)
+            result = self._parse(response, page)
+            cache.put(key, result.items, result.total_count, response.headers.get("ETag"))
+            return result
+        finally:
+            if lead is not None:
+                cache.release(key, lead)
+
+    def _take_budget(self, page: int) -> str | None:
+        if self.budget is None:
+            return None
+        deadline = time.monotonic() + MAX_BUDGET_WAIT_IN_THREAD
+        while True:
+            grant = self.budget.take()
+            if grant.slot is not None:
+                return grant.slot
+            if time.monotonic() + grant.wait_seconds > deadline:
+                raise RateLimited(
+                    f"the fetchers spent the GitHub search budget ({self.budget.limit_per_minute}/min);"
+                    f" page {page} waits {grant.wait_seconds:.1f}s",
+                    grant.wait_seconds,
+                )
+            time.sleep(grant.wait_seconds)
+
+    def _request(self, params: dict[str, str], page: int, etag: str | None) -> requests.Response:
+        slot = self._take_budget(page)
         try:
             response = self.session.get(
-                f"{self.api_url}/search/repositories", params=params, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
+                f"{self.api_url}/search/repositories",
+                params=params,
+                headers={"If-None-Match": etag} if etag else None,
+                timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
             )
         except requests.Timeout as exc:
             metrics.GITHUB_REQUESTS.labels(status="timeout").inc()
@@ -115,25 +204,24 @@ class GitHubClient:
         remaining = response.headers.get("X-RateLimit-Remaining")
         if remaining and remaining.isdigit():
             metrics.GITHUB_RATE_LIMIT_REMAINING.set(int(remaining))
-        return self._parse(response, page)
+        if response.status_code == 304 and slot is not None and self.budget is not None:
+            self.budget.refund(slot)  # GitHub does not count a 304 against the limit
+        return response
 
     def _parse(self, response: requests.Response, page: int) -> SearchPage:
         status = response.status_code
         if status in (403, 429):
             wait = _wait_from_headers(response.headers, time.time())
             if wait is not None:
+                if self.budget is not None:
+                    self.budget.block_for(wait)
                 raise RateLimited(f"GitHub rate limit on page {page} ({status}); wait {wait:.0f}s", wait)
         if status >= 500:
             raise RetryableGitHubError(f"GitHub answered {status} on page {page}")
         if status >= 400:
             raise PermanentGitHubError(f"GitHub answered {status} on page {page}: {_message(response)}")
         try:
-            body = response.json()
-            result = SearchPage(
-                items=[trim(item) for item in body["items"]],
-                total_count=int(body.get("total_count", 0)),
-                incomplete_results=bool(body.get("incomplete_results", False)),
-            )
+            result = parse_search_body(response.content)
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             raise RetryableGitHubError(f"GitHub sent a malformed body on page {page}: {exc}") from exc
         if result.incomplete_results:

@@ -18,7 +18,7 @@ from shared.context import EventContext, current_context, event_scope
 from shared.control import Cancellations
 from shared.events import ReportFailed, ReportSpec
 from shared.logging import log_file_scope
-from shared.messaging import MessageHandler, Outgoing, Publisher
+from shared.messaging import MessageHandler, Outgoing, Publisher, PublishRefused
 from shared.outcomes import Claim, OutcomeLedger
 from shared.settings import CommonSettings
 
@@ -160,6 +160,10 @@ def register_tasks(
                 _publish(publisher, outcomes, outcome)
             except CeleryRetry:
                 raise
+            except PublishRefused:
+                # A permission is wrong: retrying cannot help, and the error is already an alert.
+                log.error("fetch.refused_by_broker", attempt=attempt + 1)
+                return
             except Exception as exc:
                 # Redis or the broker unreachable, or a bug: a failed task would be acked and its page lost,
                 # so try again later; past the limit, an alert tells the admins the report is stuck.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -18,15 +19,16 @@ import structlog
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.idempotency import IdempotentRequest, RedisIdempotencyKeys
 from services.gateway.projection import ProgressFeed, ProgressStep, RedisReportStatuses, ReportStatus
-from shared.context import EventContext
+from shared.context import EventContext, event_scope
 from shared.events import (
     LOCALE_PATTERN,
     CloudEvent,
+    EventData,
     LanguageCount,
     Layout,
     Locale,
@@ -35,7 +37,6 @@ from shared.events import (
     ReportRequested,
     derived_event_id,
 )
-from shared.messaging import build_event
 
 log = structlog.get_logger("hotrepos.gateway")
 
@@ -46,7 +47,7 @@ _report_ids: TypeAdapter[str] = TypeAdapter(ReportId)
 
 
 class EventPublisher(Protocol):
-    def publish_event(self, event: CloudEvent) -> None: ...
+    def publish(self, data: EventData, *, event_id: str | None = None) -> CloudEvent: ...
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,19 @@ class GatewayDependencies:
     reports_dir: Path
     readiness: Callable[[], Mapping[str, str]]
     today: Callable[[], dt.date]
-    source: str = "hotrepos/gateway"
     debug_faults: bool = False
     keepalive_seconds: float = 15.0
+
+
+def _iso_date_text(value: object) -> object:
+    # Lax parsing would take 0 for 1970-01-01 and a datetime for its date: a client meant neither.
+    if not isinstance(value, str | dt.date) or (isinstance(value, str) and not _ISO_DATE.fullmatch(value)):
+        raise ValueError("must be a date written YYYY-MM-DD")
+    return value
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+IsoDate = Annotated[dt.date, BeforeValidator(_iso_date_text)]
 
 
 class ReportOrder(BaseModel):
@@ -75,7 +86,7 @@ class ReportOrder(BaseModel):
     )
 
     period: Period
-    ref_date: dt.date | None = Field(default=None, description="Defaults to today in UTC; not in the future")
+    ref_date: IsoDate | None = Field(default=None, description="Defaults to today in UTC; not in the future")
     notify: EmailStr | None = Field(default=None, description="Who gets the email when it is ready")
     layout: Layout = "rows"
     locale: Locale | None = Field(default=None, description="BCP 47; defaults to Accept-Language, then en")
@@ -283,9 +294,8 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
                     "input": idempotency_key,
                 }])
         if not request.published:
-            event = _requested_event(deps, request.report_id, order, locale)
             try:
-                deps.publisher.publish_event(event)
+                event = _publish_request(deps, request.report_id, order, locale)
             except deps.broker_errors as exc:
                 log.warning("broker.unreachable", error=str(exc), report_id=request.report_id)
                 raise ServiceUnavailable("the broker does not answer") from None
@@ -386,7 +396,7 @@ def _hash_of(order: ReportOrder, locale: str | None) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _requested_event(deps: GatewayDependencies, report_id: str, order: ReportOrder,
+def _publish_request(deps: GatewayDependencies, report_id: str, order: ReportOrder,
                      locale: str | None) -> CloudEvent:
     data = ReportRequested(
         report_id=report_id,
@@ -395,13 +405,9 @@ def _requested_event(deps: GatewayDependencies, report_id: str, order: ReportOrd
         notify=order.notify,
         layout=order.layout,
     )
-    # Derived from the report id: a retry that publishes again is deduplicated by every consumer.
-    return build_event(
-        data,
-        source=deps.source,
-        event_id=derived_event_id(report_id, "requested"),
-        context=EventContext(correlationid=report_id, locale=locale),
-    )
+    with event_scope(EventContext(correlationid=report_id, locale=locale)):
+        # Derived from the report id: a retry that publishes again is deduplicated by every consumer.
+        return deps.publisher.publish(data, event_id=derived_event_id(report_id, "requested"))
 
 
 def _after_publishing(deps: GatewayDependencies, idempotency_key: str | None, request: IdempotentRequest,

@@ -6,8 +6,11 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
+
 from tests.support.broker import Broker
 from tests.support.services import ServiceProcess, wait_until
+from tests.support.smtp import free_port
 
 PIPELINE_SERVICES = ("fetcher", "aggregator", "exporter", "notifier")
 QUEUES_OF = {
@@ -17,6 +20,26 @@ QUEUES_OF = {
     "notifier": ("notifier.report.exported", "notifier.report.failed", "notifier.alerts"),
 }
 ADMIN = "admin@example.com"
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """A running gateway process and the base URL of its HTTP API."""
+
+    process: ServiceProcess
+    url: str
+
+    def ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/readyz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def alive(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
 
 
 @dataclass
@@ -30,6 +53,9 @@ class Pipeline:
     today: dt.date
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: list[ServiceProcess] = field(default_factory=list)
+    # Opt-in: each process started gets a METRICS_PORT of its own, recorded here by process name.
+    with_metrics: bool = False
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def amqp_url(self) -> str:
@@ -59,11 +85,19 @@ class Pipeline:
             "TODAY": self.today.isoformat(),
             "FETCH_RETRY_BASE_SECONDS": "0.05",
             "ALERT_INTERVAL_SECONDS": "1",
+            # Tests count GitHub calls and inject faults per call: no shared page cache or search
+            # budget unless a test asks for them through extra_env.
+            "GITHUB_CACHE_SECONDS": "0",
+            "GITHUB_RATE_LIMIT_PER_MINUTE": "0",
             **self.extra_env,
         }
 
     def start(self, name: str, *args: str) -> ServiceProcess:
-        process = ServiceProcess(name, self.env(), self.log_dir, args).start()
+        env = self.env()
+        if self.with_metrics:
+            self.metrics_ports[name] = free_port()
+            env["METRICS_PORT"] = str(self.metrics_ports[name])
+        process = ServiceProcess(name, env, self.log_dir, args).start()
         self.processes.append(process)
         return process
 
@@ -73,6 +107,29 @@ class Pipeline:
         for name in PIPELINE_SERVICES:
             for queue in QUEUES_OF[name]:
                 self.wait_for_consumer(queue, timeout)
+
+    def start_gateway(
+        self,
+        name: str = "gateway",
+        *,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        timeout: float = 60,
+    ) -> Gateway:
+        """Also run a gateway (opt-in) on a port of its own; by default, once it answers ready."""
+        port = free_port()
+        gateway_env = {**self.env(), "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), **(env or {})}
+        process = ServiceProcess(name, gateway_env, self.log_dir).start()
+        self.processes.append(process)
+        gateway = Gateway(process, f"http://127.0.0.1:{port}")
+
+        def answering() -> bool:
+            if not process.alive:
+                raise AssertionError(f"{name} exited:\n{process.output()[-4000:]}")
+            return gateway.ready() if wait_ready else gateway.alive()
+
+        wait_until(answering, timeout, f"{name} answering on {gateway.url}")
+        return gateway
 
     def wait_for_consumer(self, queue: str, timeout: float = 60) -> None:
         def consuming() -> bool:

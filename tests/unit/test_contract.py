@@ -37,7 +37,7 @@ def test_every_event_type_has_a_bound_consumer() -> None:
 def test_every_published_event_type_exists() -> None:
     for principal, event_types in PUBLISHES.items():
         for event_type in event_types:
-            assert event_type in EVENT_TYPES and exchange_of(event_type) is EVENTS, (principal, event_type)
+            assert event_type in EVENT_TYPES and exchange_of(event_type) in (EVENTS, CONTROL), (principal, event_type)
 
 
 def test_queue_names_say_who_listens_to_what() -> None:

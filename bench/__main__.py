@@ -1,0 +1,249 @@
+"""`python -m bench [--quick]`: hotrepos against the classic Celery chord, on this machine, in one run.
+
+Everything runs on the local RabbitMQ (a throwaway vhost per design and stack) and Redis (databases 12
+for hotrepos and 13 for the chord's results, cleaned after use), against the bundled fake GitHub in a
+process of its own. Prints one JSON object and writes it under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench import scenarios
+from bench.fake_github import FakeGitHubProcess
+from bench.systems import BaselineSystem, HotreposSystem
+from tests.support.broker import Broker, test_broker
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+GITHUB_RATE_LIMIT = 30
+# Speed runs: every report pays its five fetches, as in the chord, so the page cache is off; the
+# shared budget stays on (its Redis round trip is part of the cost) with a limit that never binds.
+SPEED_ENV = {"GITHUB_CACHE_SECONDS": "0", "GITHUB_RATE_LIMIT_PER_MINUTE": "1000000"}
+# Budget runs use the shipped defaults for the cache and the budget.
+BUDGET_ENV: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class Plan:
+    latency_runs: int
+    throughput_reports: int
+    throughput_rounds: int
+    scale_out_reports: int
+    scale_out_fetchers: tuple[int, ...]
+    budget_requests: int
+    budget_spread_seconds: float
+    budget_fetchers: tuple[int, ...]
+    overflow_requests: int
+
+
+FULL = Plan(latency_runs=30, throughput_reports=100, throughput_rounds=2, scale_out_reports=100,
+            scale_out_fetchers=(1, 2, 4), budget_requests=20, budget_spread_seconds=10.0,
+            budget_fetchers=(1, 4), overflow_requests=8)
+QUICK = Plan(latency_runs=3, throughput_reports=5, throughput_rounds=1, scale_out_reports=6,
+             scale_out_fetchers=(1, 2, 4), budget_requests=4, budget_spread_seconds=1.0,
+             budget_fetchers=(1, 4), overflow_requests=2)
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def hotrepos(broker: Broker, redis_url: str, github: FakeGitHubProcess, workdir: Path, *, fetchers: int,
+             env: dict[str, str]) -> Iterator[HotreposSystem]:
+    system = HotreposSystem(broker, redis_url, github, workdir, fetchers=fetchers, env=env)
+    try:
+        yield system
+    finally:
+        system.stop()
+
+
+def forget_github_state(redis_url: str) -> None:
+    """Each budget run starts with no cached page and an unspent budget."""
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter("hotrepos:github:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def forget_pipeline_state(redis_url: str) -> None:
+    """Fan-in pages, dedup marks and cached pages of the benchmark's own reports."""
+    client = redis.Redis.from_url(redis_url)
+    for pattern in ("hotrepos:*",):
+        keys = list(client.scan_iter(pattern, count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
+    client.close()
+
+
+def machine(broker: Broker, redis_url: str) -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = redis.Redis.from_url(redis_url).info("server")
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),
+        "python": platform.python_version(),
+        "rabbitmq": broker.api("GET", "/overview").json().get("rabbitmq_version"),
+        "redis": info.get("redis_version"),
+    }
+
+
+def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def check(measured: float | None, target: str, met: bool) -> dict[str, Any]:
+        return {"measured": measured, "target": target, "met": met}
+
+    latency0 = results["latency"]["0ms"]
+    latency300 = results["latency"]["300ms"]
+    scale = results["scale_out"]
+    budget = results["github_budget"]
+    identical = [budget[f"identical_{n}_fetchers"] for n in results["plan"]["budget_fetchers"]]
+    runs = [*identical, budget["distinct_overflow"]]
+    stack_peak = results["memory"]["hotrepos"]["stack_peak_rss_mb"]
+    last = str(max(int(n) for n in scale["fetchers"]))
+    return {
+        "latency_0ms_p50_ratio": check(latency0["ratio_p50"], "<= 0.4", latency0["ratio_p50"] <= 0.4),
+        "latency_300ms_p50_over_round_trip": check(
+            latency300["hotrepos_p50_over_round_trip"], "<= 1.2",
+            latency300["hotrepos_p50_over_round_trip"] <= 1.2),
+        "throughput_ratio": check(results["throughput"]["ratio"], ">= 3", results["throughput"]["ratio"] >= 3),
+        "scale_out_efficiency": check(scale["fetchers"][last]["efficiency"], ">= 0.85",
+                                      scale["fetchers"][last]["efficiency"] >= 0.85),
+        "budget_upstream_calls_identical": check(
+            max(run["upstream_calls"] for run in identical), "<= 5",
+            max(run["upstream_calls"] for run in identical) <= 5),
+        "budget_rate_limit_errors": check(sum(run["rate_limited"] for run in runs), "== 0",
+                                          sum(run["rate_limited"] for run in runs) == 0),
+        "budget_every_request_answered": check(
+            sum(run["answered"] for run in runs), f"== {sum(run['requests'] for run in runs)}",
+            all(run["answered"] == run["requests"] for run in runs)),
+        "memory_stack_peak_mb": check(stack_peak, "< 500", stack_peak < 500),
+    }
+
+
+def run(plan: Plan, mode: str, redis_base: str, workdir: Path) -> dict[str, Any]:
+    hot_redis, base_redis = f"{redis_base}/12", f"{redis_base}/13"
+    today = dt.datetime.now(dt.UTC).date()
+    results: dict[str, Any] = {"mode": mode, "date": today.isoformat(), "plan": dict(vars(plan))}
+    started = time.monotonic()
+    github = FakeGitHubProcess(today, workdir / "fake-github.log").start()
+    try:
+        with test_broker() as broker:
+            results["machine"] = machine(broker, hot_redis)
+            forget_pipeline_state(hot_redis)
+            log("starting hotrepos (4 services, beat, 1 fetcher) and the Celery chord (prefork worker)")
+            with hotrepos(broker, hot_redis, github, workdir, fetchers=1, env=SPEED_ENV) as hot:
+                base = BaselineSystem(broker, base_redis, github, workdir)
+                try:
+                    measure_speed(plan, results, hot, base, github)
+                finally:
+                    base.stop()
+                measure_scale_out(plan, results, hot, github)
+                measure_budget(plan, results, hot, github, hot_redis)
+            forget_pipeline_state(hot_redis)
+    finally:
+        github.stop()
+    results["targets"] = targets(results)
+    results["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def measure_speed(plan: Plan, results: dict[str, Any], hot: HotreposSystem, base: BaselineSystem,
+                  github: FakeGitHubProcess) -> None:
+    systems = (hot, base)
+    results["latency"] = {}
+    for latency_ms in (0, 300):
+        log(f"latency at {latency_ms} ms: {plan.latency_runs} single reports each, interleaved")
+        results["latency"][f"{latency_ms}ms"] = scenarios.latency(systems, github, latency_ms, plan.latency_runs)
+    log(f"throughput at 0 ms: {plan.throughput_reports} reports at once, {plan.throughput_rounds} round(s) each")
+    results["throughput"], results["memory"] = scenarios.throughput(
+        systems, github, plan.throughput_reports, plan.throughput_rounds)
+
+
+def measure_scale_out(plan: Plan, results: dict[str, Any], hot: HotreposSystem,
+                      github: FakeGitHubProcess) -> None:
+    github.configure(latency_ms=300, rate_limit_per_minute=None)
+    per_fetchers: dict[str, dict[str, float]] = {}
+    for fetchers in plan.scale_out_fetchers:
+        hot.set_fetchers(fetchers, SPEED_ENV)
+        scenarios.one_report(hot, "warmup")
+        rate = scenarios.burst(hot, plan.scale_out_reports, f"scale{fetchers}")
+        one = per_fetchers.get("1", {}).get("reports_per_second", rate)
+        per_fetchers[str(fetchers)] = {
+            "reports_per_second": round(rate, 2),
+            "speedup": round(rate / one, 2),
+            "efficiency": round(rate / one / fetchers, 2),
+        }
+        log(f"scale-out at 300 ms: {fetchers} fetcher(s), {plan.scale_out_reports} reports: {rate:.2f} reports/s")
+    results["scale_out"] = {"latency_ms": 300, "reports": plan.scale_out_reports, "fetcher_concurrency": 8,
+                            "fetchers": per_fetchers}
+
+
+def measure_budget(plan: Plan, results: dict[str, Any], hot: HotreposSystem, github: FakeGitHubProcess,
+                   hot_redis: str) -> None:
+    github.configure(latency_ms=300, rate_limit_per_minute=GITHUB_RATE_LIMIT)
+    budget: dict[str, Any] = {"rate_limit_per_minute": GITHUB_RATE_LIMIT}
+    for fetchers in plan.budget_fetchers:
+        hot.set_fetchers(fetchers, BUDGET_ENV)
+        forget_github_state(hot_redis)
+        github.reset()
+        run = scenarios.budget(hot, github, requests_count=plan.budget_requests,
+                               spread_seconds=plan.budget_spread_seconds, distinct=False, latency_ms=300)
+        budget[f"identical_{fetchers}_fetchers"] = run
+        log(f"budget: {plan.budget_requests} identical requests, {fetchers} fetcher(s): {run}")
+    fetchers = max(plan.budget_fetchers)
+    forget_github_state(hot_redis)
+    github.reset()
+    overflow = scenarios.budget(hot, github, requests_count=plan.overflow_requests, spread_seconds=0,
+                                distinct=True, latency_ms=300)
+    budget["distinct_overflow"] = {"fetchers": fetchers, **overflow}
+    log(f"budget: {plan.overflow_requests} distinct requests ({plan.overflow_requests * 5} calls),"
+        f" {fetchers} fetchers: {overflow}")
+    results["github_budget"] = budget
+    forget_github_state(hot_redis)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few reports per figure: proves the command works")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where to write the JSON")
+    parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379"),
+                        help="Redis server; the benchmark uses its databases 12 and 13")
+    args = parser.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    with tempfile.TemporaryDirectory(prefix="hotrepos-bench-") as temporary:
+        results = run(QUICK if args.quick else FULL, mode, args.redis.rstrip("/"), Path(temporary))
+    text = json.dumps(results, indent=2)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{results['date']}-{mode}.json"
+    path.write_text(text + "\n")
+    print(text)
+    log(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

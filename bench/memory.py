@@ -1,0 +1,94 @@
+"""Resident memory of a set of processes, read from /proc: each one's peak, and the whole set's peak."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+MB = 1024 * 1024
+
+
+def children_of(pid: int) -> list[int]:
+    """Every descendant of pid (prefork pools fork their workers)."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            text = (task / "children").read_text()
+        except OSError:
+            continue
+        for child in text.split():
+            found.append(int(child))
+            found.extend(children_of(int(child)))
+    return found
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def reset_peaks(pids: list[int]) -> None:
+    """Restart each process's peak-RSS counter (VmHWM), so the peak covers the measured run only."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+class MemorySampler:
+    """Samples the summed RSS of named processes and their children while entered (re-entrant)."""
+
+    def __init__(self, processes: Callable[[], dict[str, int]], interval: float = 0.05) -> None:
+        self._processes = processes
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._peaks_reset = False
+        self.peak_total_kb = 0
+
+    def __enter__(self) -> MemorySampler:
+        if not self._peaks_reset:
+            reset_peaks(self._all_pids())
+            self._peaks_reset = True
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _all_pids(self) -> list[int]:
+        pids: list[int] = []
+        for pid in self._processes().values():
+            pids += [pid, *children_of(pid)]
+        return pids
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            total = sum(_status_kb(pid, "VmRSS") for pid in self._all_pids())
+            self.peak_total_kb = max(self.peak_total_kb, total)
+
+    def report(self) -> dict[str, object]:
+        """Peak RSS of each named process (with its children), in MB, and of the whole set together."""
+        per_process = {
+            name: round(sum(_status_kb(p, "VmHWM") for p in [pid, *children_of(pid)]) / 1024, 1)
+            for name, pid in self._processes().items()
+        }
+        return {
+            "peak_rss_mb": per_process,
+            "stack_peak_rss_mb": round(self.peak_total_kb / 1024, 1),
+            "sum_of_peaks_mb": round(sum(per_process.values()), 1),
+        }

@@ -1,0 +1,164 @@
+"""The measurements: latency, throughput, scale-out, GitHub budget. Each returns JSON-ready figures."""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+import time
+import uuid
+from collections.abc import Sequence
+
+import requests
+
+from bench.completions import Completion
+from bench.fake_github import FakeGitHubProcess
+from bench.memory import MemorySampler
+from bench.systems import HOTREPOS_TOKEN, PERIOD, System
+
+REPORT_TIMEOUT = 300.0
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Linear interpolation between closest ranks."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * fraction
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def new_report_id(tag: str) -> str:
+    return f"bench-{tag}-{uuid.uuid4().hex[:12]}"
+
+
+def one_report(system: System, tag: str, ref_date: dt.date | None = None) -> tuple[float, Completion]:
+    """Publish one request and wait for its end; seconds from publish to arrival."""
+    report_id = new_report_id(tag)
+    system.listener.expect(report_id)
+    started = time.perf_counter()
+    system.request(report_id, ref_date)
+    completion = system.listener.wait(report_id, REPORT_TIMEOUT)
+    if not completion.ok:
+        raise RuntimeError(f"{system.name} failed report {report_id}: {completion.body}")
+    return completion.arrived - started, completion
+
+
+def github_round_trip_ms(github: FakeGitHubProcess, samples: int = 7) -> float:
+    """One full search page from the fake, as a client sees it: the floor of a report's latency."""
+    since = (github.today - dt.timedelta(days=30)).isoformat()
+    session = requests.Session()
+    durations = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        response = session.get(
+            f"{github.url}/search/repositories",
+            params={"q": f"created:>={since}", "sort": "stars", "order": "desc", "per_page": "100",
+                    "page": "1"},
+            headers={"Authorization": "Bearer bench-floor"}, timeout=30,
+        )
+        response.raise_for_status()
+        durations.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(durations), 1)
+
+
+def latency(systems: Sequence[System], github: FakeGitHubProcess, latency_ms: int, runs: int,
+            warmup: int = 2) -> dict[str, object]:
+    """Single reports one at a time, the designs interleaved A B A B, so drift hits both alike."""
+    github.configure(latency_ms=latency_ms, rate_limit_per_minute=None)
+    for system in systems:
+        for _ in range(warmup):
+            one_report(system, "warmup")
+    samples: dict[str, list[float]] = {system.name: [] for system in systems}
+    for _ in range(runs):
+        for system in systems:
+            seconds, _ = one_report(system, f"lat{latency_ms}")
+            samples[system.name].append(seconds * 1000)
+    figures: dict[str, object] = {
+        name: {"p50_ms": round(percentile(values, 0.5), 1), "p95_ms": round(percentile(values, 0.95), 1),
+               "runs": len(values)}
+        for name, values in samples.items()
+    }
+    hot, base = samples["hotrepos"], samples["baseline"]
+    figures["ratio_p50"] = round(percentile(hot, 0.5) / percentile(base, 0.5), 3)
+    figures["ratio_p95"] = round(percentile(hot, 0.95) / percentile(base, 0.95), 3)
+    floor = github_round_trip_ms(github)
+    figures["github_round_trip_ms"] = floor
+    figures["hotrepos_p50_over_round_trip"] = round(percentile(hot, 0.5) / floor, 3) if floor else None
+    return figures
+
+
+def burst(system: System, reports: int, tag: str) -> float:
+    """Request `reports` distinct reports at once; reports per second from first publish to last answer."""
+    report_ids = [new_report_id(tag) for _ in range(reports)]
+    for report_id in report_ids:
+        system.listener.expect(report_id)
+    started = time.perf_counter()
+    for report_id in report_ids:
+        system.request(report_id)
+    last = started
+    for report_id in report_ids:
+        completion = system.listener.wait(report_id, REPORT_TIMEOUT)
+        if not completion.ok:
+            raise RuntimeError(f"{system.name} failed report {report_id}: {completion.body}")
+        last = max(last, completion.arrived)
+    return reports / (last - started)
+
+
+def throughput(systems: Sequence[System], github: FakeGitHubProcess, reports: int,
+               rounds: int) -> tuple[dict[str, object], dict[str, object]]:
+    """Bursts at 0 ms, interleaved per round; memory is sampled during each design's bursts."""
+    github.configure(latency_ms=0, rate_limit_per_minute=None)
+    for system in systems:
+        one_report(system, "warmup")
+    rates: dict[str, list[float]] = {system.name: [] for system in systems}
+    memory: dict[str, object] = {}
+    samplers = {system.name: MemorySampler(system.processes) for system in systems}
+    for _ in range(rounds):
+        for system in systems:
+            with samplers[system.name]:
+                rates[system.name].append(burst(system, reports, "tput"))
+    for system in systems:
+        memory[system.name] = samplers[system.name].report()
+    figures: dict[str, object] = {
+        name: {"reports_per_second": round(statistics.median(values), 2),
+               "rounds": [round(v, 2) for v in values]}
+        for name, values in rates.items()
+    }
+    figures["reports"] = reports
+    figures["ratio"] = round(statistics.median(rates["hotrepos"]) / statistics.median(rates["baseline"]), 2)
+    return figures, memory
+
+
+def budget(system: System, github: FakeGitHubProcess, *, requests_count: int, spread_seconds: float,
+           distinct: bool, latency_ms: int) -> dict[str, object]:
+    """Many requests within a minute against a fake that enforces GitHub's search limit."""
+    started = time.perf_counter()
+    report_ids = [new_report_id("budget") for _ in range(requests_count)]
+    for report_id in report_ids:
+        system.listener.expect(report_id)
+    for index, report_id in enumerate(report_ids):
+        # Distinct requests differ by their reference date, hence by their search query.
+        ref_date = github.today - dt.timedelta(days=index) if distinct else github.today
+        system.request(report_id, ref_date)
+        if spread_seconds and index < len(report_ids) - 1:
+            time.sleep(spread_seconds / max(1, requests_count - 1))
+    answered = 0
+    for report_id in report_ids:
+        if system.listener.wait(report_id, REPORT_TIMEOUT).ok:
+            answered += 1
+    elapsed = time.perf_counter() - started
+    stats = github.stats()
+    calls = int(stats["by_token"].get(HOTREPOS_TOKEN, 0))
+    not_modified = int(stats["not_modified"])
+    return {
+        "requests": requests_count,
+        "distinct_queries": requests_count if distinct else 1,
+        "period": PERIOD,
+        "latency_ms": latency_ms,
+        "upstream_calls": calls,
+        "full_answers": int(stats["by_status"].get("200", 0)),
+        "not_modified": not_modified,
+        "rate_limited": int(stats["rate_limited"]),
+        "answered": answered,
+        "seconds": round(elapsed, 1),
+    }

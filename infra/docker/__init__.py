@@ -1,0 +1,1 @@
+"""The image recipe and its locked dependencies."""

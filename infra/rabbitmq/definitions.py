@@ -1,0 +1,313 @@
+"""Broker definitions derived from shared/topology.py: one vhost, one least-privilege user per service.
+
+    python -m infra.rabbitmq.definitions                 # write infra/rabbitmq/definitions.json
+    python -m infra.rabbitmq.definitions --check         # exit 1 if that file has drifted from the code
+    python -m infra.rabbitmq.definitions --table         # the README's table of users
+    python -m infra.rabbitmq.definitions --deploy OUT    # deploy time: add password hashes from the env
+
+The committed file holds no secret: its users have no password and cannot log in. At deploy time,
+`--deploy` reads RABBITMQ_PASSWORD_<USER> for every user and writes a copy with salted hashes, which
+the broker loads at boot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kombu.entity import Queue, binding
+
+from services.fetcher.tasks import TASK_EXCHANGE, TASK_QUEUE
+from shared.topology import (
+    ALERTS,
+    DLX,
+    EVENTS,
+    EXCHANGES,
+    PUBLISHES,
+    RETRY,
+    Subscription,
+    control_of,
+    exchange_of,
+    subscriptions_of,
+)
+
+VHOST = "hotrepos"
+ADMIN = "admin"
+DEFINITIONS_FILE = Path(__file__).with_name("definitions.json")
+HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
+# How RabbitMQ names the nameless default exchange in permission checks.
+DEFAULT_EXCHANGE = "amq.default"
+# Server-named queues (`queue_declare("")`): a replica's exclusive queue on hotrepos.control.
+SERVER_NAMED_QUEUES = r"amq\.gen-.*"
+NOTHING = "^$"
+
+# What a service declares and uses outside the shared contract: the fetcher's own Celery plumbing.
+PRIVATE_QUEUES: dict[str, tuple[Queue, ...]] = {"fetcher": (TASK_QUEUE,)}
+PRIVATE_PUBLISHES: dict[str, tuple[str, ...]] = {"fetcher": (TASK_EXCHANGE.name,)}
+
+
+@dataclass
+class Grant:
+    """What one service's broker user may do, by resource name and by routing key."""
+
+    service: str
+    configure: set[str] = field(default_factory=set)
+    write: set[str] = field(default_factory=set)
+    read: set[str] = field(default_factory=set)
+    publishes: tuple[str, ...] = ()
+    # Topic exchange -> routing keys this user may publish with, and bind its queues with.
+    topic_writes: dict[str, set[str]] = field(default_factory=dict)
+    topic_reads: dict[str, set[str]] = field(default_factory=dict)
+    consumes: list[str] = field(default_factory=list)
+    queues: set[str] = field(default_factory=set)
+
+
+def principals() -> tuple[str, ...]:
+    """Every service that gets a broker user of its own, in the contract's order."""
+    return tuple(PUBLISHES)
+
+
+def password_variable(user: str) -> str:
+    return "RABBITMQ_PASSWORD_" + re.sub(r"[^A-Za-z0-9]", "_", user).upper()
+
+
+def subscriptions_used_by(service: str) -> tuple[Subscription, ...]:
+    """A service with queues also hears hotrepos.control on an exclusive queue of each replica."""
+    subscriptions = subscriptions_of(service)
+    return (*subscriptions, control_of(service)) if subscriptions else ()
+
+
+def grant_for(service: str) -> Grant:
+    """Derive a service's permissions from what it declares, binds, consumes and publishes."""
+    grant = Grant(service)
+    subscriptions = subscriptions_used_by(service)
+    queues: list[Queue] = []
+    for subscription in subscriptions:
+        queues.extend(subscription.all_queues())
+        if subscription.exclusive:
+            queues.append(subscription.queue())
+        grant.consumes.append(
+            f"`{subscription.exchange.name}` (a queue per replica)"
+            if subscription.exclusive
+            else f"`{subscription.queue_name}`"
+        )
+    queues.extend(PRIVATE_QUEUES.get(service, ()))
+    grant.consumes.extend(f"`{q.name}`" for q in PRIVATE_QUEUES.get(service, ()))
+    for queue in queues:
+        _grant_queue(grant, queue)
+
+    grant.publishes = tuple(t for t in PUBLISHES[service] if exchange_of(t) is EVENTS)
+    grant.topic_writes.setdefault(EVENTS.name, set()).update(grant.publishes)
+    for subscription in subscriptions:
+        if not subscription.exclusive:
+            # Its own dead letters and delayed retries, keyed by its own queue's name.
+            grant.topic_writes.setdefault(DLX.name, set()).add(subscription.queue_name)
+            grant.topic_writes.setdefault(RETRY.name, set()).add(subscription.queue_name)
+            grant.write.add(RETRY.name)
+    published = {exchange_of(t).name for t in PUBLISHES[service]} | {ALERTS.name}
+    published |= set(PRIVATE_PUBLISHES.get(service, ()))
+    grant.write |= published
+    # Declaring is how every service makes sure an exchange exists: a consumer declares them all at
+    # start, a pure publisher only those it publishes to.
+    grant.configure |= {e.name for e in EXCHANGES} if subscriptions else (published & _contract_exchanges())
+    grant.configure |= set(PRIVATE_PUBLISHES.get(service, ()))
+    return grant
+
+
+def _contract_exchanges() -> set[str]:
+    return {e.name for e in EXCHANGES}
+
+
+def _grant_queue(grant: Grant, queue: Queue) -> None:
+    name = SERVER_NAMED_QUEUES if not queue.name else queue.name
+    # configure: declare; read: consume, and declaring with a dead-letter exchange; write: bind.
+    grant.queues.add(name)
+    grant.configure.add(name)
+    grant.read.add(name)
+    grant.write.add(name)
+    bindings = list(queue.bindings or ())
+    if queue.exchange is not None and queue.exchange.name:
+        bindings.append(binding(queue.exchange, routing_key=queue.routing_key))
+    for bound in bindings:
+        grant.read.add(bound.exchange.name)
+        if bound.exchange.type == "topic":
+            grant.topic_reads.setdefault(bound.exchange.name, set()).add(bound.routing_key)
+    arguments: dict[str, object] = getattr(queue, "queue_arguments", None) or {}
+    dead_letter_exchange = arguments.get("x-dead-letter-exchange")
+    if dead_letter_exchange is not None:
+        # The broker checks write on a queue's dead-letter exchange when the queue is declared;
+        # topic permissions keep that write to the service's own routing keys.
+        grant.write.add(str(dead_letter_exchange) or DEFAULT_EXCHANGE)
+
+
+def name_pattern(names: Iterable[str]) -> str:
+    """An anchored regex matching exactly these names (a name already a regex is kept as it is)."""
+    parts = sorted(n if n == SERVER_NAMED_QUEUES else re.escape(n) for n in names)
+    return f"^(?:{'|'.join(parts)})$" if parts else NOTHING
+
+
+def build_definitions(
+    vhost: str = VHOST, user_names: Mapping[str, str] | None = None, *, with_admin: bool = True
+) -> dict[str, Any]:
+    """RabbitMQ definitions for the vhost; user_names renames the services' users (tests)."""
+    names = {service: service for service in principals()} | dict(user_names or {})
+    users: list[dict[str, Any]] = []
+    permissions: list[dict[str, str]] = []
+    topic_permissions: list[dict[str, str]] = []
+    if with_admin:
+        users.append(_user(ADMIN, ["administrator"]))
+        permissions.append(
+            {"user": ADMIN, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+        )
+    for service in principals():
+        grant = grant_for(service)
+        user = names[service]
+        users.append(_user(user, []))
+        permissions.append(
+            {
+                "user": user,
+                "vhost": vhost,
+                "configure": name_pattern(grant.configure),
+                "write": name_pattern(grant.write),
+                "read": name_pattern(grant.read),
+            }
+        )
+        # Every topic exchange gets an entry: without one, the broker allows any routing key.
+        topic_permissions.extend(
+            {
+                "user": user,
+                "vhost": vhost,
+                "exchange": exchange.name,
+                "write": name_pattern(grant.topic_writes.get(exchange.name, ())),
+                "read": name_pattern(grant.topic_reads.get(exchange.name, ())),
+            }
+            for exchange in EXCHANGES
+            if exchange.type == "topic"
+        )
+    exchanges = [
+        {
+            "name": exchange.name,
+            "vhost": vhost,
+            "type": exchange.type,
+            "durable": bool(exchange.durable),
+            "auto_delete": bool(exchange.auto_delete),
+            "internal": False,
+            "arguments": {},
+        }
+        for exchange in EXCHANGES
+    ]
+    return {
+        "users": users,
+        "vhosts": [{"name": vhost}],
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        "exchanges": exchanges,
+    }
+
+
+def _user(name: str, tags: list[str]) -> dict[str, Any]:
+    # No hash: such a user cannot log in with a password until --deploy gives it one.
+    return {"name": name, "password_hash": "", "hashing_algorithm": HASHING_ALGORITHM, "tags": tags}
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + password)), 4-byte salt."""
+    salt = os.urandom(4) if salt is None else salt
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def with_passwords(definitions: Mapping[str, Any], passwords: Mapping[str, str]) -> dict[str, Any]:
+    """A copy whose users get the hashes of these passwords; a user without one is an error."""
+    missing = [u["name"] for u in definitions["users"] if not passwords.get(u["name"])]
+    if missing:
+        raise KeyError(", ".join(password_variable(name) for name in missing))
+    rendered = json.loads(json.dumps(definitions))
+    for user in rendered["users"]:
+        user["password_hash"] = password_hash(passwords[user["name"]])
+    return dict(rendered)
+
+
+def render(definitions: Mapping[str, Any]) -> str:
+    return json.dumps(definitions, indent=2, sort_keys=False) + "\n"
+
+
+def users_table() -> str:
+    """The README's table: each user, what it consumes, publishes and may write besides."""
+    lines = [
+        "| user | consumes | publishes on `hotrepos.events` | writes to other exchanges |",
+        "|---|---|---|---|",
+        f"| `{ADMIN}` | (a person: the management UI) | anything | anything (administrator) |",
+    ]
+    for service in principals():
+        grant = grant_for(service)
+        consumes = ", ".join(grant.consumes) or "nothing"
+        publishes = ", ".join(f"`{key}`" for key in grant.publishes) or "nothing"
+        # A queue and an exchange may share a name (the fetcher's Celery plumbing): list both.
+        private = set(PRIVATE_PUBLISHES.get(service, ()))
+        exchanges = sorted((grant.write - grant.queues - {EVENTS.name}) | private)
+        others = ", ".join(f"`{name}`" for name in exchanges)
+        lines.append(f"| `{service}` | {consumes} | {publishes} | {others} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomically(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, encoding="utf-8") as tmp:
+        tmp.write(text)
+    os.chmod(tmp.name, mode)
+    os.replace(tmp.name, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.rabbitmq.definitions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--check", action="store_true", help="fail if definitions.json is stale")
+    action.add_argument("--table", action="store_true", help="print the README's users table")
+    action.add_argument("--deploy", type=Path, metavar="OUT", help="write definitions with password hashes")
+    args = parser.parse_args(argv)
+
+    if args.table:
+        sys.stdout.write(users_table())
+        return 0
+    if args.deploy:
+        committed = json.loads(DEFINITIONS_FILE.read_text(encoding="utf-8"))
+        passwords = {
+            user["name"]: os.environ.get(password_variable(user["name"]), "") for user in committed["users"]
+        }
+        try:
+            rendered = with_passwords(committed, passwords)
+        except KeyError as exc:
+            print(f"hotrepos: set these broker passwords: {exc.args[0]}", file=sys.stderr)
+            return 2
+        # The broker runs as another user and must read it; the volume it sits on is private.
+        _write_atomically(args.deploy, render(rendered), 0o644)
+        print(f"broker definitions with {len(passwords)} users written to {args.deploy}")
+        return 0
+    expected = render(build_definitions())
+    if args.check:
+        current = DEFINITIONS_FILE.read_text(encoding="utf-8") if DEFINITIONS_FILE.exists() else ""
+        if current != expected:
+            print(f"{DEFINITIONS_FILE} is stale: run python -m infra.rabbitmq.definitions", file=sys.stderr)
+            return 1
+        return 0
+    _write_atomically(DEFINITIONS_FILE, expected, 0o644)
+    print(f"wrote {DEFINITIONS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The real page in headless Chromium, against the real gateway and pipeline: pick, click, watch, download."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.support.pipeline import Gateway, Pipeline
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def gateway(pipeline: Pipeline) -> Gateway:
+    return pipeline.start_gateway()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/bootstrap.sh installs Debian's chromium package")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    opened = context.new_page()
+    problems: list[str] = []
+    opened.on("pageerror", lambda error: problems.append(str(error)))
+    # Answers the tests expect (a 422) are logged as failed loads too: the script's own errors count.
+    opened.on("console", lambda message: problems.append(message.text)
+              if message.type == "error" and not message.text.startswith("Failed to load resource") else None)
+    # The page closes its event stream once the report is over, which may abort it: that is no failure.
+    opened.on("requestfailed", lambda request: problems.append(f"{request.failure} for {request.url}")
+              if request.failure != "net::ERR_ABORTED" else None)
+    opened.on("response", lambda response: problems.append(f"{response.status} for {response.url}")
+              if response.status == 404 else None)
+    yield opened
+    context.close()
+    assert problems == [], f"the page went wrong: {problems}"
+
+
+def test_generate_a_report_from_the_page_and_download_it(page: Page, gateway: Gateway) -> None:
+    page.goto(gateway.url)
+    expect(page).to_have_title("hotrepos")
+    page.select_option("#period", "month")
+    page.click("#generate")
+
+    download = page.locator("#download")
+    expect(download).to_be_visible(timeout=90_000)
+    expect(page.locator("#progress")).to_have_attribute("value", "100")
+    expect(page.locator("#state")).to_contain_text("Done: 500 repositories")
+    bars = page.locator("#chart rect")
+    expect(bars.first).to_be_visible()
+    assert 1 <= bars.count() <= 12
+    labels = page.locator("#chart text").all_text_contents()
+    assert "Unknown" in labels or len(labels) == 2 * bars.count()
+    expect(page.locator("#history tr").first).to_contain_text("exported")
+    expect(page.locator("#history tr").first).to_contain_text("month")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "gateway-page.png"), full_page=True)
+
+    href = download.get_attribute("href")
+    assert href is not None and href.endswith("/download")
+    with page.expect_download() as started:
+        download.click()
+    saved = started.value
+    assert saved.suggested_filename.startswith("hotrepos-month-") and saved.suggested_filename.endswith(".csv")
+    first_line = Path(saved.path()).read_bytes().split(b"\r\n", 1)[0]
+    assert first_line == b"language,full_name,stars,forks,created_at,html_url,description"
+
+
+def test_invalid_input_is_shown_on_the_page(page: Page, gateway: Gateway) -> None:
+    page.goto(gateway.url)
+    page.fill("#notify", "not-an-email")
+    # The browser's own check would stop the form; the gateway's 422 is what this test is about.
+    page.evaluate("document.getElementById('notify').type = 'text'")
+    page.click("#generate")
+    expect(page.locator("#error")).to_contain_text("notify: value is not a valid email address")
+    expect(page.locator("#progress-box")).to_be_hidden()

@@ -1,0 +1,284 @@
+"""The generated least-privilege users against the real broker: each can do its job, and no more."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pika.exceptions
+import pytest
+
+from infra.rabbitmq.definitions import principals, subscriptions_used_by
+from services.fetcher.tasks import TASK_EXCHANGE, TASK_QUEUE
+from shared.events import (
+    AlertRaised,
+    EventData,
+    ReportAggregated,
+    ReportExported,
+    ReportFailed,
+    ReportPageFetched,
+    ReportRequested,
+    ReportSpec,
+)
+from shared.messaging import Publisher, PublishRefused, connect, declare_topology
+from shared.settings import CommonSettings
+from shared.topology import ALERTS, DLX, EVENTS, PUBLISHES, RETRY, SUBSCRIPTIONS, control_of, exchange_of
+from tests.support.amqp import EventListener, cloud_event, dead_letters, publish
+from tests.support.broker import Broker
+from tests.support.broker_users import ServiceUsers, service_users
+from tests.support.services import ServiceProcess, wait_until
+
+CONSUMERS = tuple(service for service in principals() if subscriptions_used_by(service))
+EVENT_TYPES_ON_EVENTS = ("report.requested", "report.page.fetched", "report.aggregated",
+                         "report.exported", "report.failed")
+SPEC = ReportSpec(period="day", since=dt.date(2026, 11, 21))
+
+
+def sample(event_type: str, report_id: str) -> EventData:
+    """A valid event of each type: permissions are about where it goes, not what it says."""
+    samples: dict[str, EventData] = {
+        "report.requested": ReportRequested(report_id=report_id, period="day"),
+        "report.page.fetched": ReportPageFetched(report_id=report_id, page=1, pages=1, spec=SPEC, items=[]),
+        "report.aggregated": ReportAggregated(report_id=report_id, spec=SPEC, total=0, languages=[]),
+        "report.exported": ReportExported(report_id=report_id, path="r.csv", rows=0, sha256="0" * 64,
+                                          layout="rows", spec=SPEC, repositories=0, top_languages=[]),
+        "report.failed": ReportFailed(report_id=report_id, stage="test", reason="test"),
+    }
+    return samples[event_type]
+
+
+@pytest.fixture
+def users(broker: Broker, vhost: str) -> Iterator[ServiceUsers]:
+    with service_users(broker, vhost) as loaded:
+        yield loaded
+
+
+def settings_of(users: ServiceUsers, service: str) -> CommonSettings:
+    return CommonSettings(amqp_url=users.amqp_url(service))
+
+
+def declare_as_services(users: ServiceUsers) -> None:
+    """Each consumer declares its topology under its own user, exactly as it does at start."""
+    for service in CONSUMERS:
+        with connect(settings_of(users, service)) as connection:
+            declare_topology(connection, subscriptions_used_by(service))
+            if service == "fetcher":
+                TASK_QUEUE(connection.default_channel).declare()  # as the fetcher's Celery worker does
+
+
+def refusal(amqp_url: str, action: str, *args: str) -> str | None:
+    """Run one AMQP action on a fresh channel; the broker's refusal text, or None if it was allowed."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        if action == "publish":
+            exchange, routing_key = args
+            channel.basic_publish(exchange, routing_key, b"{}", pika.BasicProperties(delivery_mode=2))
+        elif action == "get":
+            channel.basic_get(args[0], auto_ack=False)
+        elif action == "consume":
+            channel.basic_consume(args[0], lambda *_: None)
+        elif action == "declare":
+            channel.queue_declare(args[0], durable=True)
+        elif action == "bind":
+            queue, exchange, key = args
+            channel.queue_bind(queue, exchange, key)
+        elif action == "delete":
+            channel.queue_delete(args[0])
+        else:
+            raise ValueError(action)
+        return None
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return f"{exc.reply_code} {exc.reply_text}"
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def test_every_service_can_declare_publish_and_consume_what_it_needs(users: ServiceUsers) -> None:
+    declare_as_services(users)
+    report_id = f"perm-{uuid.uuid4().hex[:8]}"
+    for service in principals():
+        publisher = Publisher(connect(settings_of(users, service)), source=f"tests/{service}", pool_size=1)
+        try:
+            for event_type in PUBLISHES[service]:
+                publisher.publish(sample(event_type, report_id))
+            publisher.publish(
+                AlertRaised(service=service, level="ERROR", logger="tests", message="test", fingerprint="f"),
+                exchange=ALERTS,
+            )
+            for subscription in (s for s in SUBSCRIPTIONS if s.service == service):
+                # What the consumer wrapper does with a poison message, and with one to retry later.
+                publisher.publish_raw(b"{}", exchange=DLX, routing_key=subscription.queue_name)
+                publisher.publish_raw(b"{}", exchange=RETRY, routing_key=subscription.queue_name,
+                                      expiration=3600)
+            if service == "fetcher":
+                publisher.publish_raw(b"{}", exchange=TASK_EXCHANGE, routing_key=TASK_QUEUE.routing_key)
+        finally:
+            publisher.close()
+
+    for service in CONSUMERS:
+        with connect(settings_of(users, service)) as connection:
+            # A replica's exclusive, server-named queue on hotrepos.control.
+            assert control_of(service).queue()(connection.default_channel).declare().startswith("amq.gen-")
+
+    published = [t for service in principals() for t in PUBLISHES[service] if exchange_of(t) is EVENTS]
+    for subscription in SUBSCRIPTIONS:
+        if subscription.exchange is EVENTS:
+            expected = [t for t in published if topic_matches(subscription.binding_key, t)]
+        else:  # hotrepos.alerts: one alert from each service
+            expected = ["alert.raised"] * len(principals())
+        received = drain(users.amqp_url(subscription.service), subscription.queue_name)
+        assert sorted(received) == sorted(expected), subscription.queue_name
+        assert len(drain(users.amqp_url(subscription.service), subscription.dlq_name)) == 1
+    assert drain(users.amqp_url("fetcher"), "fetcher.tasks") == ["?"]
+
+
+def topic_matches(binding_key: str, routing_key: str) -> bool:
+    """The bindings of the contract: an exact key, or a prefix followed by `.#`."""
+    if binding_key.endswith(".#"):
+        return routing_key.startswith(binding_key[:-1])
+    return binding_key == routing_key
+
+
+def drain(amqp_url: str, queue: str) -> list[str]:
+    """The event types of every message in a queue, consumed by the queue's own service user."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        types = []
+        while True:
+            method, _, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return types
+            types.append(str(json.loads(body).get("type", "?")))
+    finally:
+        connection.close()
+
+
+def test_publishing_another_services_event_is_refused(users: ServiceUsers) -> None:
+    declare_as_services(users)
+    outcomes = {
+        (service, event_type): refusal(users.amqp_url(service), "publish", EVENTS.name, event_type)
+        for service in principals()
+        for event_type in EVENT_TYPES_ON_EVENTS
+    }
+    allowed = {key for key, refused in outcomes.items() if refused is None}
+    assert allowed == {(service, t) for service in principals() for t in PUBLISHES[service]}
+    for key, refused in outcomes.items():
+        if key not in allowed:
+            # The notifier may not write to hotrepos.events at all; the others only with their keys.
+            assert refused is not None and refused.startswith("403 ACCESS_REFUSED - access to "), key
+            assert f"topic '{key[1]}'" in refused or key[0] == "notifier", refused
+
+
+def test_reading_binding_or_declaring_what_another_service_owns_is_refused(users: ServiceUsers) -> None:
+    declare_as_services(users)
+    unexpected = []
+    for service in principals():
+        url = users.amqp_url(service)
+        for subscription in SUBSCRIPTIONS:
+            if subscription.service == service:
+                continue
+            for action, args in (
+                ("get", (subscription.queue_name,)),
+                ("consume", (subscription.queue_name,)),
+                ("get", (subscription.dlq_name,)),
+                ("declare", (f"{subscription.queue_name}.extra",)),
+                ("delete", (subscription.queue_name,)),
+                ("bind", (subscription.queue_name, EVENTS.name, "report.#")),
+            ):
+                refused = refusal(url, action, *args)
+                if refused is None or not refused.startswith("403"):
+                    unexpected.append((service, action, args, refused))
+        # A service may not tap events it does not consume, even into a queue of its own.
+        own = next((s for s in SUBSCRIPTIONS if s.service == service and s.exchange is EVENTS), None)
+        if own is not None:
+            refused = refusal(url, "bind", own.queue_name, EVENTS.name, "#")
+            if refused is None or "access to topic" not in refused:
+                unexpected.append((service, "bind", (own.queue_name, "#"), refused))
+        refused = refusal(url, "declare", f"{service}.undeclared")
+        if refused is None:
+            unexpected.append((service, "declare", (f"{service}.undeclared",), refused))
+    assert unexpected == []
+
+
+def test_notifier_and_beat_cannot_publish_pipeline_events(users: ServiceUsers) -> None:
+    declare_as_services(users)
+    notifier = Publisher(connect(settings_of(users, "notifier")), source="tests/notifier", pool_size=1)
+    try:
+        with pytest.raises(PublishRefused, match=r"report\.exported.*ACCESS_REFUSED"):
+            notifier.publish(sample("report.exported", "perm-n"))
+        # The refusal closed a channel, not the publisher: what it may do still works.
+        notifier.publish(
+            AlertRaised(service="notifier", level="ERROR", logger="t", message="m", fingerprint="f"),
+            exchange=ALERTS,
+        )
+    finally:
+        notifier.close()
+    assert refusal(users.amqp_url("fetcher-beat"), "publish", EVENTS.name, "report.failed") is not None
+
+
+def test_no_side_door_into_another_services_queue(users: ServiceUsers) -> None:
+    declare_as_services(users)
+    fetcher = users.amqp_url("fetcher")
+    assert refusal(fetcher, "publish", "", "notifier.report.exported") is not None
+    for side_door in ("hotrepos.retry", "hotrepos.redeliver", "hotrepos.dlx"):
+        assert refusal(fetcher, "publish", side_door, "notifier.report.exported") is not None, side_door
+    # Its own retries and dead letters still go through.
+    assert refusal(fetcher, "publish", "hotrepos.retry", "fetcher.report.requested") is None
+    assert refusal(fetcher, "publish", "hotrepos.dlx", "fetcher.report.requested") is None
+
+
+def test_a_refused_publish_in_a_service_is_an_error_an_alert_and_a_dead_letter(
+    broker: Broker, vhost: str, users: ServiceUsers, redis_url: str, tmp_path: Path
+) -> None:
+    # Drift between the contract and the broker: the aggregator may no longer publish its result.
+    users.set_topic_permission("aggregator", write=r"^report\.failed$", read=r"^report\.page\.fetched$")
+    alerts = EventListener(broker.amqp_url(vhost), binding_key="", exchange="hotrepos.alerts")
+    aggregator = ServiceProcess(
+        "aggregator",
+        {
+            "AMQP_URL": users.amqp_url("aggregator"),
+            "REDIS_URL": redis_url,
+            "LOG_DIR": str(tmp_path / "logs"),
+            "ALERT_INTERVAL_SECONDS": "1",
+        },
+        tmp_path / "logs",
+    ).start()
+    try:
+        def consuming() -> bool:
+            assert aggregator.alive, aggregator.output()[-3000:]
+            try:
+                return int(broker.queue(vhost, "aggregator.report.page.fetched").get("consumers", 0)) > 0
+            except Exception:
+                return False
+
+        wait_until(consuming, 60, "the aggregator consuming")
+        report_id = f"refused-{uuid.uuid4().hex[:8]}"
+        page = sample("report.page.fetched", report_id).model_dump(mode="json")
+        publish(broker.amqp_url(vhost), "report.page.fetched", cloud_event("report.page.fetched", page))
+
+        alert = alerts.wait_for(
+            lambda e: e.get("type") == "alert.raised" and "publish.refused" in e["data"]["message"], 60
+        )
+        assert "report.aggregated" in alert["data"]["message"]
+        assert "ACCESS_REFUSED" in alert["data"]["message"]
+        assert alert["data"]["service"] == "aggregator"
+
+        def dead_lettered() -> list[tuple[object, bytes]]:
+            return dead_letters(broker.amqp_url(vhost), "aggregator.report.page.fetched.dlq")
+
+        wait_until(lambda: len(dead_lettered()) == 1, 30, "the page in the dead-letter queue")
+        properties, body = dead_lettered()[0]
+        assert json.loads(body)["data"]["report_id"] == report_id
+        assert "ACCESS_REFUSED" in properties.headers["x-hotrepos-reason"]  # type: ignore[attr-defined]
+        assert aggregator.alive  # one refused publish does not take the service down
+    finally:
+        alerts.close()
+        aggregator.stop()

@@ -1,0 +1,207 @@
+"""compose.yaml, the image and the broker definitions, checked statically: no Docker engine needed."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from pydantic_settings import BaseSettings
+
+from infra.docker.requirements import locked_versions, project_requirements, read_lock, render_lock
+from infra.rabbitmq.definitions import (
+    DEFINITIONS_FILE,
+    VHOST,
+    build_definitions,
+    password_variable,
+    principals,
+    render,
+    users_table,
+)
+from infra.runner import SCALABLE
+from services.exporter.__main__ import ExporterSettings
+from services.fetcher.__main__ import FetcherSettings
+from services.gateway.__main__ import GatewaySettings
+from services.notifier.__main__ import NotifierSettings
+from shared.settings import CommonSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((ROOT / "tests" / "support" / "compose-spec.json").read_text())
+COMPOSE_FILES = ("compose.yaml", "compose.tls.yaml")
+
+SETTINGS_OF: dict[str, type[BaseSettings]] = {
+    "fetcher": FetcherSettings,
+    "fetcher-beat": FetcherSettings,
+    "aggregator": CommonSettings,
+    "exporter": ExporterSettings,
+    "notifier": NotifierSettings,
+    "gateway": GatewaySettings,
+}
+# Settings a container may leave to their defaults, and why.
+MAY_BE_ABSENT = {
+    "AMQP_CA_FILE", "AMQP_CERT_FILE", "AMQP_KEY_FILE",  # given by compose.tls.yaml
+    "LOG_DIR",  # containers log to stdout
+    "TODAY", "GATEWAY_DEBUG_FAULTS",  # tests and demos only
+}
+
+
+def load(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((ROOT / name).read_text())
+    return document
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load("compose.yaml")
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_compose_files_validate_against_the_compose_specification(name: str) -> None:
+    validator = jsonschema.Draft201909Validator(SCHEMA)
+    assert [error.message for error in validator.iter_errors(load(name))] == []
+
+
+def test_the_schema_rejects_what_compose_would() -> None:
+    validator = jsonschema.Draft201909Validator(SCHEMA)
+    broken = {"services": {"fetcher": {"image": "x", "healthcheck": {"test": "true", "intervall": "5s"}}}}
+    assert list(validator.iter_errors(broken))
+
+
+@pytest.mark.skipif(not shutil.which("docker-compose"), reason="the docker-compose CLI is not installed")
+def test_docker_compose_resolves_the_files(tmp_path: Path) -> None:
+    env_file = tmp_path / "compose.env"
+    env_file.write_text("".join(f"{password_variable(u)}=x{i}\n" for i, u in enumerate(all_users())))
+    result = subprocess.run(
+        ["docker-compose", "--env-file", str(env_file), "--profile", "offline", "--profile", "observability",
+         *[arg for name in COMPOSE_FILES for arg in ("-f", str(ROOT / name))], "config", "--quiet"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def all_users() -> list[str]:
+    return [user["name"] for user in build_definitions()["users"]]
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    one_shots = {
+        name for spec in services.values() for name, dependency in (spec.get("depends_on") or {}).items()
+        if dependency.get("condition") == "service_completed_successfully"
+    }
+    assert one_shots == {"rabbitmq-init"}
+    for name, spec in services.items():
+        if name in one_shots:
+            assert spec["restart"] == "no"
+            continue
+        healthcheck = spec.get("healthcheck") or {}
+        assert healthcheck.get("test") and not healthcheck.get("disable"), name
+
+
+def test_services_wait_for_a_healthy_broker_and_redis(services: dict[str, dict[str, Any]]) -> None:
+    for name, spec in services.items():
+        environment = spec.get("environment") or {}
+        needs = {"rabbitmq": "AMQP_URL" in environment, "redis": "REDIS_URL" in environment}
+        for dependency, needed in needs.items():
+            if needed:
+                condition = (spec.get("depends_on") or {}).get(dependency, {}).get("condition")
+                assert condition == "service_healthy", (name, dependency)
+
+
+def test_scalable_services_pin_no_container_name_and_no_host_port(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) >= SCALABLE
+    for name in SCALABLE:
+        assert "container_name" not in services[name], name
+        assert "ports" not in services[name], name
+        assert "hostname" not in services[name], name
+    # The beat fires schedules: a second replica would fire them twice, so compose refuses to scale it.
+    assert "container_name" in services["fetcher-beat"]
+
+
+def test_each_service_logs_in_as_its_own_broker_user(services: dict[str, dict[str, Any]]) -> None:
+    with_broker = {name for name, spec in services.items() if "AMQP_URL" in (spec.get("environment") or {})}
+    assert with_broker == set(principals())
+    for service in principals():
+        url = services[service]["environment"]["AMQP_URL"]
+        expected = (
+            f"${{AMQP_SCHEME:-amqp}}://{service}:${{{password_variable(service)}:?set it in .env}}"
+            f"@rabbitmq:${{AMQP_PORT:-5672}}/{VHOST}"
+        )
+        assert url == expected
+    assert "guest" not in (ROOT / "compose.yaml").read_text()
+
+
+def test_the_init_step_gets_every_users_password_and_nothing_else(services: dict[str, dict[str, Any]]) -> None:
+    init = services["rabbitmq-init"]
+    assert set(init["environment"]) == {password_variable(user) for user in all_users()}
+    assert services["rabbitmq"]["depends_on"]["rabbitmq-init"]["condition"] == "service_completed_successfully"
+
+
+def test_every_service_environment_names_the_settings_it_needs(services: dict[str, dict[str, Any]]) -> None:
+    for service, settings in SETTINGS_OF.items():
+        environment = set(services[service]["environment"])
+        known = {name.upper() for name in settings.model_fields}
+        assert environment <= known, (service, environment - known)
+        assert known - MAY_BE_ABSENT <= environment, (service, known - MAY_BE_ABSENT - environment)
+
+
+def test_the_tls_overlay_covers_every_service_with_a_broker_user() -> None:
+    overlay = load("compose.tls.yaml")["services"]
+    assert set(overlay) == {*principals(), "rabbitmq"}
+    for service in principals():
+        assert set(overlay[service]["environment"]) == {"AMQP_CA_FILE", "AMQP_CERT_FILE", "AMQP_KEY_FILE"}
+
+
+def test_exporter_and_gateway_share_the_reports_volume(services: dict[str, dict[str, Any]]) -> None:
+    for service, mode in (("exporter", ""), ("gateway", ":ro")):
+        reports_dir = services[service]["environment"]["REPORTS_DIR"]
+        assert f"reports:{reports_dir}{mode}" in services[service]["volumes"]
+
+
+def test_every_variable_compose_reads_is_in_env_example() -> None:
+    # Documented counts, commented out or not: an optional setting may stay unset.
+    example = set(re.findall(r"^#? ?([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    used = set()
+    for name in COMPOSE_FILES:
+        used |= set(re.findall(r"\$\{([A-Z0-9_]+)", (ROOT / name).read_text()))
+    assert used - example == set()
+
+
+def test_definitions_json_is_generated_from_the_contract() -> None:
+    assert DEFINITIONS_FILE.read_text() == render(build_definitions()), (
+        "stale: run python -m infra.rabbitmq.definitions"
+    )
+    committed = json.loads(DEFINITIONS_FILE.read_text())
+    assert all(user["password_hash"] == "" for user in committed["users"])  # no secret in the repository
+    assert "guest" not in {user["name"] for user in committed["users"]}
+
+
+def test_readme_shows_the_generated_users_table() -> None:
+    assert users_table() in (ROOT / "README.md").read_text()
+
+
+def test_the_image_installs_the_lock_which_matches_pyproject() -> None:
+    lock = read_lock()
+    for requirement in project_requirements():
+        pinned = [str(spec.version) for spec in requirement.specifier if spec.operator == "=="]
+        assert pinned and lock.get(requirement.name.lower().replace("_", "-")) == pinned[0], requirement
+    assert (ROOT / "infra" / "docker" / "requirements.lock").read_text() == render_lock(
+        locked_versions(project_requirements())
+    ), "stale: run python -m infra.docker.requirements"
+    dockerfile = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.M)
+    assert "pip install --no-deps --requirement /tmp/requirements.lock" in dockerfile
+    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert not re.search(r"(PASSWORD|TOKEN)\s*=", dockerfile)
