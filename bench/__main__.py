@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +44,8 @@ class Plan:
     throughput_reports: int
     throughput_rounds: int
     scale_out_reports: int
+    # Out and back (1 2 4 4 2 1) in the full run, so that a drift in the machine's load hits each
+    # count alike; each count's figure is the mean of its runs.
     scale_out_fetchers: tuple[int, ...]
     budget_requests: int
     budget_spread_seconds: float
@@ -51,7 +54,7 @@ class Plan:
 
 
 FULL = Plan(latency_runs=30, throughput_reports=100, throughput_rounds=2, scale_out_reports=100,
-            scale_out_fetchers=(1, 2, 4), budget_requests=20, budget_spread_seconds=10.0,
+            scale_out_fetchers=(1, 2, 4, 4, 2, 1), budget_requests=20, budget_spread_seconds=10.0,
             budget_fetchers=(1, 4), overflow_requests=8)
 QUICK = Plan(latency_runs=3, throughput_reports=5, throughput_rounds=1, scale_out_reports=6,
              scale_out_fetchers=(1, 2, 4), budget_requests=4, budget_spread_seconds=1.0,
@@ -152,6 +155,8 @@ def run(plan: Plan, mode: str, redis_base: str, workdir: Path) -> dict[str, Any]
     try:
         with test_broker() as broker:
             results["machine"] = machine(broker, hot_redis)
+            # Other work on the machine shares its cores: said, since it moves every figure.
+            results["machine"]["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
             forget_pipeline_state(hot_redis)
             log("starting hotrepos (4 services, beat, 1 fetcher) and the Celery chord (prefork worker)")
             with hotrepos(broker, hot_redis, github, workdir, fetchers=1, env=SPEED_ENV) as hot:
@@ -167,6 +172,7 @@ def run(plan: Plan, mode: str, redis_base: str, workdir: Path) -> dict[str, Any]
         github.stop()
     results["targets"] = targets(results)
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
 
 
@@ -185,20 +191,28 @@ def measure_speed(plan: Plan, results: dict[str, Any], hot: HotreposSystem, base
 def measure_scale_out(plan: Plan, results: dict[str, Any], hot: HotreposSystem,
                       github: FakeGitHubProcess) -> None:
     github.configure(latency_ms=300, rate_limit_per_minute=None)
-    per_fetchers: dict[str, dict[str, float]] = {}
+    rates: dict[int, list[float]] = {}
     for fetchers in plan.scale_out_fetchers:
         hot.set_fetchers(fetchers, SPEED_ENV)
         scenarios.one_report(hot, "warmup")
         rate = scenarios.burst(hot, plan.scale_out_reports, f"scale{fetchers}")
-        one = per_fetchers.get("1", {}).get("reports_per_second", rate)
-        per_fetchers[str(fetchers)] = {
-            "reports_per_second": round(rate, 2),
-            "speedup": round(rate / one, 2),
-            "efficiency": round(rate / one / fetchers, 2),
-        }
+        rates.setdefault(fetchers, []).append(rate)
         log(f"scale-out at 300 ms: {fetchers} fetcher(s), {plan.scale_out_reports} reports: {rate:.2f} reports/s")
-    results["scale_out"] = {"latency_ms": 300, "reports": plan.scale_out_reports, "fetcher_concurrency": 8,
-                            "fetchers": per_fetchers}
+    one = statistics.mean(rates[1])
+    results["scale_out"] = {
+        "latency_ms": 300,
+        "reports": plan.scale_out_reports,
+        "fetcher_concurrency": 8,
+        "fetchers": {
+            str(fetchers): {
+                "reports_per_second": round(statistics.mean(runs), 2),
+                "runs": [round(rate, 2) for rate in runs],
+                "speedup": round(statistics.mean(runs) / one, 2),
+                "efficiency": round(statistics.mean(runs) / one / fetchers, 2),
+            }
+            for fetchers, runs in sorted(rates.items())
+        },
+    }
 
 
 def measure_budget(plan: Plan, results: dict[str, Any], hot: HotreposSystem, github: FakeGitHubProcess,

@@ -82,11 +82,12 @@ class MemorySampler:
             self.peak_total_kb = max(self.peak_total_kb, total)
 
     def report(self) -> dict[str, object]:
-        """Peak RSS of each named process (with its children), in MB, and of the whole set together."""
-        per_process = {
-            name: round(sum(_status_kb(p, "VmHWM") for p in [pid, *children_of(pid)]) / 1024, 1)
-            for name, pid in self._processes().items()
-        }
+        """Peak RSS of each process (children listed apart), in MB, and of the whole set together."""
+        per_process: dict[str, float] = {}
+        for name, pid in self._processes().items():
+            per_process[name] = round(_status_kb(pid, "VmHWM") / 1024, 1)
+            for index, child in enumerate(children_of(pid), start=1):
+                per_process[f"{name} child {index}"] = round(_status_kb(child, "VmHWM") / 1024, 1)
         return {
             "peak_rss_mb": per_process,
             "stack_peak_rss_mb": round(self.peak_total_kb / 1024, 1),

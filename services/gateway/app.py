@@ -33,6 +33,7 @@ from shared.events import (
     Layout,
     Locale,
     Period,
+    ReportCancelRequested,
     ReportId,
     ReportRequested,
     derived_event_id,
@@ -328,6 +329,26 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         """Where a report stands, built from its events alone."""
         status = known_status(report_id)
         return view_of(status) if status else not_found(report_id)
+
+    @app.delete("/api/reports/{report_id}", status_code=202, tags=["reports"],
+                responses={404: {"description": "Unknown report"}, 409: {"description": "Already finished"},
+                           503: {"description": "Retry later"}})
+    def cancel_report(report_id: str) -> JSONResponse:
+        """Cancel a report: broadcast on hotrepos.control, every replica of every service drops its work."""
+        status = known_status(report_id)
+        if status is None:
+            return not_found(report_id)
+        if status.state in ("exported", "failed"):
+            return JSONResponse({"detail": f"report {report_id!r} is already {status.state}"}, status_code=409)
+        command = ReportCancelRequested(report_id=report_id, reason="cancelled by request")
+        try:
+            with event_scope(EventContext(correlationid=report_id)):
+                deps.publisher.publish(command)
+        except deps.broker_errors as exc:
+            log.warning("broker.unreachable", error=str(exc), report_id=report_id)
+            raise ServiceUnavailable("the broker does not answer") from None
+        log.info("report.cancel_requested", report_id=report_id)
+        return JSONResponse({"report_id": report_id, "status_url": status_url(report_id)}, status_code=202)
 
     @app.get("/api/reports/{report_id}/download", tags=["reports"],
              responses={200: {"content": {"text/csv": {}}}, 404: {"description": "No such file"}})

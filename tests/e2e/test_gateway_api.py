@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import TODAY
+from tests.fake_github import FakeGitHub
 from tests.support.amqp import EventListener, cloud_event, publish
 from tests.support.broker import Broker
 from tests.support.pipeline import ADMIN, Gateway, Pipeline
@@ -379,3 +380,20 @@ def test_health_the_page_and_the_api_docs(api: httpx.Client) -> None:
     paths = api.get("/openapi.json").json()["paths"]
     assert {"/api/reports", "/api/reports/{report_id}", "/api/reports/{report_id}/events",
             "/api/reports/{report_id}/download", "/healthz", "/readyz"} <= set(paths)
+
+
+def test_delete_cancels_a_report_in_flight(api: httpx.Client, fake_github: FakeGitHub, pipeline: Pipeline) -> None:
+    control = EventListener(pipeline.amqp_url, "", exchange="hotrepos.control")
+    assert api.delete("/api/reports/no-such-report").status_code == 404
+    fake_github.add_fault("retry_after", page=5, times=None, seconds=30)
+    report_id = api.post("/api/reports", json={"period": "week"}).json()["report_id"]
+    wait_for_state(api, report_id, "fetching")
+
+    cancelled = api.delete(f"/api/reports/{report_id}")
+    assert cancelled.status_code == 202, cancelled.text
+    status = wait_for_state(api, report_id, "failed", "exported")
+    assert status["state"] == "failed" and status["failure"]["stage"] == "cancelled"
+    assert api.delete(f"/api/reports/{report_id}").status_code == 409
+    command = control.wait_for(lambda e: e.get("type") == "report.cancel.requested", 10)
+    assert command["data"]["report_id"] == report_id and command["source"] == "hotrepos/gateway"
+    control.close()

@@ -1,0 +1,76 @@
+"""The benchmark command still runs and reports every figure; what the figures are is not asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.services import ROOT
+
+FIGURES: list[tuple[str, ...]] = [
+    *(
+        ("latency", latency, *figure)
+        for latency in ("0ms", "300ms")
+        for figure in (
+            *((design, name) for design in ("hotrepos", "baseline") for name in ("p50_ms", "p95_ms")),
+            ("ratio_p50",), ("ratio_p95",), ("github_round_trip_ms",), ("hotrepos_p50_over_round_trip",),
+        )
+    ),
+    ("throughput", "hotrepos", "reports_per_second"),
+    ("throughput", "baseline", "reports_per_second"),
+    ("throughput", "ratio"),
+    *(
+        ("scale_out", "fetchers", fetchers, name)
+        for fetchers in ("1", "2", "4")
+        for name in ("reports_per_second", "speedup", "efficiency")
+    ),
+    *(
+        ("github_budget", run, name)
+        for run in ("identical_1_fetchers", "identical_4_fetchers", "distinct_overflow")
+        for name in ("requests", "upstream_calls", "full_answers", "not_modified", "rate_limited", "answered")
+    ),
+    *(
+        ("memory", design, name)
+        for design in ("hotrepos", "baseline")
+        for name in ("stack_peak_rss_mb", "sum_of_peaks_mb")
+    ),
+    *(
+        ("memory", "hotrepos", "peak_rss_mb", service)
+        for service in ("fetcher-1", "aggregator", "exporter", "notifier", "fetcher-beat")
+    ),
+    *(
+        ("targets", target, "measured")
+        for target in (
+            "latency_0ms_p50_ratio", "latency_300ms_p50_over_round_trip", "throughput_ratio",
+            "scale_out_efficiency", "budget_upstream_calls_identical", "budget_rate_limit_errors",
+            "budget_every_request_answered", "memory_stack_peak_mb",
+        )
+    ),
+]
+
+
+def figure(results: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = results
+    for key in path:
+        value = value[key]
+    return value
+
+
+@pytest.mark.timeout(900)
+def test_the_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=840,
+    )
+    assert done.returncode == 0, done.stderr[-6000:]
+    [written] = tmp_path.glob("*-quick.json")
+    results = json.loads(written.read_text())
+    assert json.loads(done.stdout) == results
+    missing = [path for path in FIGURES if not isinstance(figure(results, path), int | float)]
+    assert not missing
+    assert all(isinstance(target["met"], bool) for target in results["targets"].values())
