@@ -50,6 +50,9 @@ def main() -> int:
     parser.add_argument("--locale", default="en")
     parser.add_argument("--notify", default="you@example.com")
     parser.add_argument("--var", type=Path, default=ROOT / "var" / "demo")
+    parser.add_argument("--port", type=int, default=8000, help="the web page's port")
+    parser.add_argument("--serve", action="store_true",
+                        help="afterwards, keep the stack and its web page running until Ctrl-C")
     args = parser.parse_args()
 
     amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -67,18 +70,19 @@ def main() -> int:
             "REPORTS_DIR": str(reports_dir),
             "LOG_DIR": str(log_dir),
             "LOG_LEVEL": "WARNING",
+            "GATEWAY_PORT": str(args.port),
         }
         log_dir.mkdir(parents=True, exist_ok=True)
         services_log = (args.var / "services.log").open("a")
-        stack = Stack(env=env, scale={}, out=services_log)
+        stack = Stack(env=env, scale={}, with_gateway=True, out=services_log)
         stack.start()
         try:
             params = pika.URLParameters(amqp_url)
-            print("demo: starting fetcher, aggregator, exporter, notifier and beat ...", flush=True)
+            print("demo: starting fetcher, aggregator, exporter, notifier, beat and gateway ...", flush=True)
             wait_for_consumers(
                 params,
                 ["fetcher.report.requested", "aggregator.report.page.fetched",
-                 "exporter.report.aggregated", "notifier.report.exported"],
+                 "exporter.report.aggregated", "notifier.report.exported", "gateway.report.progress"],
                 timeout=90,
             )
             connection = pika.BlockingConnection(params)
@@ -116,6 +120,16 @@ def main() -> int:
             email_path = _wait_email(mail_dir, report_id, timeout=30)
             print(f"demo: email to {args.notify} saved: {email_path}")
             print(f"demo: service logs: {log_dir}")
+            page = f"http://127.0.0.1:{args.port}"
+            if args.serve:
+                print(f"demo: the page is at {page}: pick a period, click Generate, download. Ctrl-C stops.")
+                try:
+                    while not stack.exited():
+                        time.sleep(0.5)
+                except KeyboardInterrupt:
+                    pass
+            else:
+                print(f"demo: to click Generate yourself on the web page ({page}): ./scripts/demo.sh --serve")
             return 0
         finally:
             stack.stop()

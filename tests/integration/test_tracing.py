@@ -135,3 +135,20 @@ def test_without_tracing_the_traceparent_passes_through_unchanged(
     assert not tracing.enabled()
     outgoing = handle_one(connection, amqp_url, EXTERNAL_TRACEPARENT)
     assert outgoing["traceparent"] == EXTERNAL_TRACEPARENT
+
+
+def test_a_publication_outside_any_event_starts_a_trace(
+    spans: InMemorySpanExporter, connection: Connection, amqp_url: str
+) -> None:
+    """What the beat and the gateway do: their report.requested is the root of the report's trace."""
+    listener = EventListener(amqp_url, "report.requested")
+    publisher = Publisher(connection, source="tests/tracing")
+    try:
+        published = publisher.publish(ReportRequested(period="day"))
+        received = listener.wait_for(lambda e: e.get("id") == published.id)
+    finally:
+        publisher.close()
+        listener.close()
+    produce = by_kind(spans.get_finished_spans(), SpanKind.PRODUCER)
+    assert produce.parent is None
+    assert received["traceparent"] == traceparent_of(produce)
