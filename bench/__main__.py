@@ -192,12 +192,15 @@ def measure_scale_out(plan: Plan, results: dict[str, Any], hot: HotreposSystem,
                       github: FakeGitHubProcess) -> None:
     github.configure(latency_ms=300, rate_limit_per_minute=None)
     rates: dict[int, list[float]] = {}
+    busy: dict[int, list[float]] = {}
     for fetchers in plan.scale_out_fetchers:
         hot.set_fetchers(fetchers, SPEED_ENV)
         scenarios.one_report(hot, "warmup")
-        rate = scenarios.burst(hot, plan.scale_out_reports, f"scale{fetchers}")
-        rates.setdefault(fetchers, []).append(rate)
-        log(f"scale-out at 300 ms: {fetchers} fetcher(s), {plan.scale_out_reports} reports: {rate:.2f} reports/s")
+        run = scenarios.burst(hot, plan.scale_out_reports, f"scale{fetchers}")
+        rates.setdefault(fetchers, []).append(run["reports_per_second"])
+        busy.setdefault(fetchers, []).append(run["machine_busy"])
+        log(f"scale-out at 300 ms: {fetchers} fetcher(s), {plan.scale_out_reports} reports:"
+            f" {run['reports_per_second']:.2f} reports/s, machine {run['machine_busy']:.0%} busy")
     one = statistics.mean(rates[1])
     results["scale_out"] = {
         "latency_ms": 300,
@@ -209,6 +212,7 @@ def measure_scale_out(plan: Plan, results: dict[str, Any], hot: HotreposSystem,
                 "runs": [round(rate, 2) for rate in runs],
                 "speedup": round(statistics.mean(runs) / one, 2),
                 "efficiency": round(statistics.mean(runs) / one / fetchers, 2),
+                "machine_busy": round(statistics.mean(busy[fetchers]), 2),
             }
             for fetchers, runs in sorted(rates.items())
         },

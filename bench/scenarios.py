@@ -12,7 +12,7 @@ import requests
 
 from bench.completions import Completion
 from bench.fake_github import FakeGitHubProcess
-from bench.memory import MemorySampler
+from bench.processes import MachineCpu, MemorySampler, cpu_seconds, with_children
 from bench.systems import HOTREPOS_TOKEN, PERIOD, System
 
 REPORT_TIMEOUT = 300.0
@@ -87,21 +87,29 @@ def latency(systems: Sequence[System], github: FakeGitHubProcess, latency_ms: in
     return figures
 
 
-def burst(system: System, reports: int, tag: str) -> float:
-    """Request `reports` distinct reports at once; reports per second from first publish to last answer."""
+def burst(system: System, reports: int, tag: str) -> dict[str, float]:
+    """Request `reports` distinct reports at once: reports per second from first publish to last answer,
+    the design's own CPU per report, and how busy the whole machine was meanwhile."""
     report_ids = [new_report_id(tag) for _ in range(reports)]
     for report_id in report_ids:
         system.listener.expect(report_id)
-    started = time.perf_counter()
-    for report_id in report_ids:
-        system.request(report_id)
-    last = started
-    for report_id in report_ids:
-        completion = system.listener.wait(report_id, REPORT_TIMEOUT)
-        if not completion.ok:
-            raise RuntimeError(f"{system.name} failed report {report_id}: {completion.body}")
-        last = max(last, completion.arrived)
-    return reports / (last - started)
+    pids = with_children(list(system.processes().values()))
+    cpu_before = cpu_seconds(pids)
+    with MachineCpu() as machine:
+        started = time.perf_counter()
+        for report_id in report_ids:
+            system.request(report_id)
+        last = started
+        for report_id in report_ids:
+            completion = system.listener.wait(report_id, REPORT_TIMEOUT)
+            if not completion.ok:
+                raise RuntimeError(f"{system.name} failed report {report_id}: {completion.body}")
+            last = max(last, completion.arrived)
+    return {
+        "reports_per_second": reports / (last - started),
+        "cpu_ms_per_report": (cpu_seconds(pids) - cpu_before) * 1000 / reports,
+        "machine_busy": machine.busy,
+    }
 
 
 def throughput(systems: Sequence[System], github: FakeGitHubProcess, reports: int,
@@ -110,22 +118,26 @@ def throughput(systems: Sequence[System], github: FakeGitHubProcess, reports: in
     github.configure(latency_ms=0, rate_limit_per_minute=None)
     for system in systems:
         one_report(system, "warmup")
-    rates: dict[str, list[float]] = {system.name: [] for system in systems}
-    memory: dict[str, object] = {}
+    runs: dict[str, list[dict[str, float]]] = {system.name: [] for system in systems}
     samplers = {system.name: MemorySampler(system.processes) for system in systems}
     for _ in range(rounds):
         for system in systems:
             with samplers[system.name]:
-                rates[system.name].append(burst(system, reports, "tput"))
-    for system in systems:
-        memory[system.name] = samplers[system.name].report()
+                runs[system.name].append(burst(system, reports, "tput"))
+    memory: dict[str, object] = {name: sampler.report() for name, sampler in samplers.items()}
     figures: dict[str, object] = {
-        name: {"reports_per_second": round(statistics.median(values), 2),
-               "rounds": [round(v, 2) for v in values]}
-        for name, values in rates.items()
+        name: {
+            "reports_per_second": round(statistics.median(r["reports_per_second"] for r in results), 2),
+            "rounds": [round(r["reports_per_second"], 2) for r in results],
+            "cpu_ms_per_report": round(statistics.median(r["cpu_ms_per_report"] for r in results), 1),
+            "machine_busy": round(statistics.median(r["machine_busy"] for r in results), 2),
+        }
+        for name, results in runs.items()
     }
+    hot = statistics.median(r["reports_per_second"] for r in runs["hotrepos"])
+    base = statistics.median(r["reports_per_second"] for r in runs["baseline"])
     figures["reports"] = reports
-    figures["ratio"] = round(statistics.median(rates["hotrepos"]) / statistics.median(rates["baseline"]), 2)
+    figures["ratio"] = round(hot / base, 2)
     return figures, memory
 
 

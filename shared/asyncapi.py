@@ -39,7 +39,7 @@ from shared.topology import (
     REASON_HEADER,
     SUBSCRIPTIONS,
     Subscription,
-    control_of,
+    every_subscription,
     exchange_of,
 )
 
@@ -148,11 +148,11 @@ def event_types_on(subscription: Subscription) -> list[str]:
 
 def all_subscriptions() -> list[Subscription]:
     """Every subscription; a service with queues also hears hotrepos.control on one per replica."""
-    services = dict.fromkeys(s.service for s in SUBSCRIPTIONS)
-    return [*SUBSCRIPTIONS, *(control_of(service) for service in services)]
+    return list(every_subscription())
 
 
 def publishers_of(event_type: str) -> list[str]:
+    """Who publishes an event type: the principals of PUBLISHES, and the outside actors in the contract."""
     senders = [principal for principal, types in PUBLISHES.items() if event_type in types]
     if event_type in ("report.requested", "report.cancel.requested"):
         senders.append(ANY_CLIENT)

@@ -151,6 +151,17 @@ def subscriptions_of(service: str) -> tuple[Subscription, ...]:
     return tuple(s for s in SUBSCRIPTIONS if s.service == service)
 
 
+def subscriptions_with_control(service: str) -> tuple[Subscription, ...]:
+    """A service's queues and, when it has any, the control queue each of its replicas binds."""
+    subscriptions = subscriptions_of(service)
+    return (*subscriptions, control_of(service)) if subscriptions else ()
+
+
+def every_subscription() -> tuple[Subscription, ...]:
+    services = dict.fromkeys(s.service for s in SUBSCRIPTIONS)
+    return tuple(s for service in services for s in subscriptions_with_control(service))
+
+
 # Alerts and control messages have exchanges of their own; every other event is on hotrepos.events.
 _EXCHANGE_OF_EVENT = {"alert.raised": ALERTS, "report.cancel.requested": CONTROL}
 

@@ -35,10 +35,8 @@ from shared.topology import (
     EXCHANGES,
     PUBLISHES,
     RETRY,
-    Subscription,
-    control_of,
     exchange_of,
-    subscriptions_of,
+    subscriptions_with_control,
 )
 
 VHOST = "hotrepos"
@@ -81,16 +79,12 @@ def password_variable(user: str) -> str:
     return "RABBITMQ_PASSWORD_" + re.sub(r"[^A-Za-z0-9]", "_", user).upper()
 
 
-def subscriptions_used_by(service: str) -> tuple[Subscription, ...]:
-    """A service with queues also hears hotrepos.control on an exclusive queue of each replica."""
-    subscriptions = subscriptions_of(service)
-    return (*subscriptions, control_of(service)) if subscriptions else ()
 
 
 def grant_for(service: str) -> Grant:
     """Derive a service's permissions from what it declares, binds, consumes and publishes."""
     grant = Grant(service)
-    subscriptions = subscriptions_used_by(service)
+    subscriptions = subscriptions_with_control(service)
     queues: list[Queue] = []
     for subscription in subscriptions:
         queues.extend(subscription.all_queues())

@@ -52,6 +52,9 @@ def create_celery_app(settings: CommonSettings) -> Celery:
         task_default_exchange=TASK_EXCHANGE.name,
         task_default_routing_key=TASK_QUEUE.routing_key,
         task_create_missing_queues=False,
+        # Named explicitly: left to itself Celery publishes to the default exchange, which a
+        # least-privilege broker user may not write to (it reaches every queue by name).
+        task_routes={FETCH_PAGE_TASK: {"exchange": TASK_EXCHANGE.name, "routing_key": TASK_QUEUE.routing_key}},
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,

@@ -45,13 +45,13 @@ class ProgressConsumer:
         # Every report event type: one the fold ignores is acked, not dead-lettered as unknown.
         routes = {name: Route(handler) for name in EVENT_TYPES if name.startswith("report.")}
         self._runtime = runtime
-        handlers = build_handlers(runtime, {GATEWAY_PROGRESS: routes})
+        handlers = build_handlers(runtime, {GATEWAY_PROGRESS: routes, **runtime.control_routes()})
         self._consumer = ServiceConsumer(runtime.connection, handlers)
         self._declared = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gateway-consumer", daemon=True)
 
     def _run(self) -> None:
-        declare_when_reachable(self._runtime, (GATEWAY_PROGRESS,))
+        declare_when_reachable(self._runtime, (GATEWAY_PROGRESS, *self._runtime.control_routes()))
         self._declared.set()
         self._consumer.run()
 

@@ -12,12 +12,13 @@ import pika
 import pika.exceptions
 import pytest
 
-from infra.rabbitmq.definitions import principals, subscriptions_used_by
+from infra.rabbitmq.definitions import principals
 from services.fetcher.tasks import TASK_EXCHANGE, TASK_QUEUE
 from shared.events import (
     AlertRaised,
     EventData,
     ReportAggregated,
+    ReportCancelRequested,
     ReportExported,
     ReportFailed,
     ReportPageFetched,
@@ -26,13 +27,23 @@ from shared.events import (
 )
 from shared.messaging import Publisher, PublishRefused, connect, declare_topology
 from shared.settings import CommonSettings
-from shared.topology import ALERTS, DLX, EVENTS, PUBLISHES, RETRY, SUBSCRIPTIONS, control_of, exchange_of
+from shared.topology import (
+    ALERTS,
+    DLX,
+    EVENTS,
+    PUBLISHES,
+    RETRY,
+    SUBSCRIPTIONS,
+    control_of,
+    exchange_of,
+    subscriptions_with_control,
+)
 from tests.support.amqp import EventListener, cloud_event, dead_letters, publish
 from tests.support.broker import Broker
 from tests.support.broker_users import ServiceUsers, service_users
 from tests.support.services import ServiceProcess, wait_until
 
-CONSUMERS = tuple(service for service in principals() if subscriptions_used_by(service))
+CONSUMERS = tuple(service for service in principals() if subscriptions_with_control(service))
 EVENT_TYPES_ON_EVENTS = ("report.requested", "report.page.fetched", "report.aggregated",
                          "report.exported", "report.failed")
 SPEC = ReportSpec(period="day", since=dt.date(2026, 11, 21))
@@ -47,6 +58,7 @@ def sample(event_type: str, report_id: str) -> EventData:
         "report.exported": ReportExported(report_id=report_id, path="r.csv", rows=0, sha256="0" * 64,
                                           layout="rows", spec=SPEC, repositories=0, top_languages=[]),
         "report.failed": ReportFailed(report_id=report_id, stage="test", reason="test"),
+        "report.cancel.requested": ReportCancelRequested(report_id=report_id),
     }
     return samples[event_type]
 
@@ -65,7 +77,7 @@ def declare_as_services(users: ServiceUsers) -> None:
     """Each consumer declares its topology under its own user, exactly as it does at start."""
     for service in CONSUMERS:
         with connect(settings_of(users, service)) as connection:
-            declare_topology(connection, subscriptions_used_by(service))
+            declare_topology(connection, subscriptions_with_control(service))
             if service == "fetcher":
                 TASK_QUEUE(connection.default_channel).declare()  # as the fetcher's Celery worker does
 
@@ -169,7 +181,8 @@ def test_publishing_another_services_event_is_refused(users: ServiceUsers) -> No
         for event_type in EVENT_TYPES_ON_EVENTS
     }
     allowed = {key for key, refused in outcomes.items() if refused is None}
-    assert allowed == {(service, t) for service in principals() for t in PUBLISHES[service]}
+    assert allowed == {(service, t) for service in principals() for t in PUBLISHES[service]
+                       if exchange_of(t) is EVENTS}
     for key, refused in outcomes.items():
         if key not in allowed:
             # The notifier may not write to hotrepos.events at all; the others only with their keys.

@@ -1,8 +1,9 @@
-"""Resident memory of a set of processes, read from /proc: each one's peak, and the whole set's peak."""
+"""What a set of processes costs, read from /proc: CPU time, each one's peak RSS and the whole set's."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,42 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time the processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def with_children(pids: list[int]) -> list[int]:
+    return [p for pid in pids for p in (pid, *children_of(pid))]
+
+
+class MachineCpu:
+    """The share of the machine's CPU time that was busy while entered, whoever used it."""
+
+    def __enter__(self) -> MachineCpu:
+        self._start = self._read()
+        self.busy = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy0, total0 = self._start
+        busy1, total1 = self._read()
+        self.busy = (busy1 - busy0) / max(1, total1 - total0)
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = values[3] + values[4]
+        return sum(values) - idle, sum(values)
+
+
 def reset_peaks(pids: list[int]) -> None:
     """Restart each process's peak-RSS counter (VmHWM), so the peak covers the measured run only."""
     for pid in pids:
@@ -71,10 +108,7 @@ class MemorySampler:
             self._thread.join(5)
 
     def _all_pids(self) -> list[int]:
-        pids: list[int] = []
-        for pid in self._processes().values():
-            pids += [pid, *children_of(pid)]
-        return pids
+        return with_children(list(self._processes().values()))
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
