@@ -43,9 +43,11 @@ class Plan:
     latency_runs: int
     throughput_reports: int
     throughput_rounds: int
+    throughput_warmup: int
     scale_out_reports: int
-    # Out and back (1 2 4 4 2 1) in the full run, so that a drift in the machine's load hits each
-    # count alike; each count's figure is the mean of its runs.
+    # Out, back and out again in the full run, so that a drift in the machine's load hits each count
+    # alike; each count's figure is the median of its runs, so one run that shared the cores with
+    # other work does not decide it.
     scale_out_fetchers: tuple[int, ...]
     budget_requests: int
     budget_spread_seconds: float
@@ -53,10 +55,12 @@ class Plan:
     overflow_requests: int
 
 
-FULL = Plan(latency_runs=30, throughput_reports=100, throughput_rounds=2, scale_out_reports=100,
-            scale_out_fetchers=(1, 2, 4, 4, 2, 1), budget_requests=20, budget_spread_seconds=10.0,
+FULL = Plan(latency_runs=30, throughput_reports=100, throughput_rounds=4, throughput_warmup=10,
+            scale_out_reports=100,
+            scale_out_fetchers=(1, 2, 4, 4, 2, 1, 1, 2, 4), budget_requests=20, budget_spread_seconds=10.0,
             budget_fetchers=(1, 4), overflow_requests=8)
-QUICK = Plan(latency_runs=3, throughput_reports=5, throughput_rounds=1, scale_out_reports=6,
+QUICK = Plan(latency_runs=3, throughput_reports=5, throughput_rounds=1, throughput_warmup=1,
+             scale_out_reports=6,
              scale_out_fetchers=(1, 2, 4), budget_requests=4, budget_spread_seconds=1.0,
              budget_fetchers=(1, 4), overflow_requests=2)
 
@@ -185,7 +189,7 @@ def measure_speed(plan: Plan, results: dict[str, Any], hot: HotreposSystem, base
         results["latency"][f"{latency_ms}ms"] = scenarios.latency(systems, github, latency_ms, plan.latency_runs)
     log(f"throughput at 0 ms: {plan.throughput_reports} reports at once, {plan.throughput_rounds} round(s) each")
     results["throughput"], results["memory"] = scenarios.throughput(
-        systems, github, plan.throughput_reports, plan.throughput_rounds)
+        systems, github, plan.throughput_reports, plan.throughput_rounds, plan.throughput_warmup)
 
 
 def measure_scale_out(plan: Plan, results: dict[str, Any], hot: HotreposSystem,
@@ -201,18 +205,18 @@ def measure_scale_out(plan: Plan, results: dict[str, Any], hot: HotreposSystem,
         busy.setdefault(fetchers, []).append(run["machine_busy"])
         log(f"scale-out at 300 ms: {fetchers} fetcher(s), {plan.scale_out_reports} reports:"
             f" {run['reports_per_second']:.2f} reports/s, machine {run['machine_busy']:.0%} busy")
-    one = statistics.mean(rates[1])
+    one = statistics.median(rates[1])
     results["scale_out"] = {
         "latency_ms": 300,
         "reports": plan.scale_out_reports,
         "fetcher_concurrency": 8,
         "fetchers": {
             str(fetchers): {
-                "reports_per_second": round(statistics.mean(runs), 2),
+                "reports_per_second": round(statistics.median(runs), 2),
                 "runs": [round(rate, 2) for rate in runs],
-                "speedup": round(statistics.mean(runs) / one, 2),
-                "efficiency": round(statistics.mean(runs) / one / fetchers, 2),
-                "machine_busy": round(statistics.mean(busy[fetchers]), 2),
+                "speedup": round(statistics.median(runs) / one, 2),
+                "efficiency": round(statistics.median(runs) / one / fetchers, 2),
+                "machine_busy": [round(share, 2) for share in busy[fetchers]],
             }
             for fetchers, runs in sorted(rates.items())
         },

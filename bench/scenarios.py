@@ -112,12 +112,12 @@ def burst(system: System, reports: int, tag: str) -> dict[str, float]:
     }
 
 
-def throughput(systems: Sequence[System], github: FakeGitHubProcess, reports: int,
-               rounds: int) -> tuple[dict[str, object], dict[str, object]]:
+def throughput(systems: Sequence[System], github: FakeGitHubProcess, reports: int, rounds: int,
+               warmup: int) -> tuple[dict[str, object], dict[str, object]]:
     """Bursts at 0 ms, interleaved per round; memory is sampled during each design's bursts."""
     github.configure(latency_ms=0, rate_limit_per_minute=None)
     for system in systems:
-        one_report(system, "warmup")
+        burst(system, warmup, "warmup")  # a first burst grows every process's heap: not measured
     runs: dict[str, list[dict[str, float]]] = {system.name: [] for system in systems}
     samplers = {system.name: MemorySampler(system.processes) for system in systems}
     for _ in range(rounds):

@@ -227,7 +227,7 @@ class BaselineSystem:
 def forget_results(redis_url: str) -> None:
     """The chord's results are 2.7 MB a report: do not leave them in a shared Redis."""
     client = redis.Redis.from_url(redis_url)
-    for pattern in ("celery-task-meta-*", "chord-unlock-*"):
+    for pattern in ("celery-task-meta-*", "celery-taskset-meta-*", "chord-unlock-*"):
         keys = list(client.scan_iter(pattern, count=1000))
         for start in range(0, len(keys), 500):
             client.delete(*keys[start:start + 500])
