@@ -11,17 +11,21 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.message import Message
 
+from services.fetcher.tasks import TASK_DEAD_LETTER_QUEUE
 from shared.messaging import Publisher, connect
 from shared.settings import CommonSettings, load_settings
 from shared.topology import (
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
     REASON_HEADER,
+    REDELIVER,
     RETRIES_HEADER,
     SUBSCRIPTIONS,
 )
 
-ALL_DEAD_LETTER_QUEUES = tuple(s.dlq_name for s in SUBSCRIPTIONS)
+# The fetcher's Celery tasks have a dead-letter queue of their own, for the pages it gave up on.
+ALL_DEAD_LETTER_QUEUES = (*(s.dlq_name for s in SUBSCRIPTIONS), TASK_DEAD_LETTER_QUEUE.name)
+WORK_QUEUE_OF_DLQ = {s.dlq_name: s.queue_name for s in SUBSCRIPTIONS}
 
 
 def _queues(args: argparse.Namespace) -> tuple[str, ...]:
@@ -116,6 +120,9 @@ def dlq_replay(args: argparse.Namespace, connection: Connection) -> int:
             continue
         for message in _drain(connection, queue, args.limit):
             exchange, routing_key = origin(message)
+            if queue in WORK_QUEUE_OF_DLQ:
+                # Back to the one queue it died in, not to every subscriber of its event again.
+                exchange, routing_key = REDELIVER.name, WORK_QUEUE_OF_DLQ[queue]
             headers = {
                 k: v for k, v in (message.headers or {}).items()
                 if k not in (REASON_HEADER, RETRIES_HEADER, "x-death", "x-first-death-exchange",

@@ -10,6 +10,7 @@ from shared.outcomes import Claim, OutcomeLedger
 
 CANCELLED_TTL_SECONDS = 7 * 24 * 3600
 CANCELLED_STAGE = "cancelled"
+KNOWN_IN_MEMORY = 10_000
 
 
 class Cancellations(Protocol):
@@ -26,6 +27,8 @@ class RedisCancellations:
         self._known: set[str] = set()
 
     def cancel(self, report_id: str) -> None:
+        if len(self._known) >= KNOWN_IN_MEMORY:
+            self._known.clear()  # only a cache of Redis: forgetting costs a lookup, not a cancel
         self._known.add(report_id)
         self._redis.set(f"hotrepos:cancelled:{report_id}", 1, ex=CANCELLED_TTL_SECONDS)
 
@@ -49,8 +52,9 @@ def handle_report_cancel_requested(
     cancellations.cancel(event.report_id)
     if not may_fail_reports:
         return []  # the notifier and the gateway only stop their own work
-    # Every replica hears the broadcast; the one that claims the outcome tells the others.
-    if outcomes.claim(event.report_id, "failed") is not Claim.NEW:
+    # Every replica hears the broadcast and may tell: the same event id, so consumers see it once,
+    # and a replica that dies before publishing cannot leave the report without an outcome.
+    if outcomes.claim(event.report_id, "failed") is Claim.OTHER:
         return []
     failed = ReportFailed(report_id=event.report_id, stage=CANCELLED_STAGE, reason=event.reason)
     event_id = derived_event_id(event.report_id, "failed")

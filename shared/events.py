@@ -205,6 +205,18 @@ def new_event_id() -> str:
     return str(uuid.uuid4())
 
 
+def request_report_id(report_id: str | None, event_id: str) -> str:
+    """A request's report id: its own, else its event's id, else (an id unfit for file names) one derived from it."""
+    if report_id:
+        return report_id
+    if _REPORT_ID_PATTERN.fullmatch(event_id) and ".." not in event_id:
+        return event_id
+    return derived_event_id("report", event_id)
+
+
+_REPORT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def derived_event_id(*parts: str) -> str:
     """A stable id for an event that is a pure function of its inputs, so republishing it dedupes."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "hotrepos:" + ":".join(parts)))

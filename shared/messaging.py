@@ -32,6 +32,7 @@ from shared.events import (
     ReportFailed,
     event_type_of,
     new_event_id,
+    request_report_id,
 )
 from shared.logging import log_file_scope
 from shared.settings import CommonSettings
@@ -269,7 +270,8 @@ class MessageHandler:
     publisher: Publisher
     processed: ProcessedEvents | None = None
     transient_errors: tuple[type[BaseException], ...] = TRANSIENT_ERRORS
-    max_retries: int = 30
+    # With delays capped at retry_max_delay (a minute), about a day of outage before dead-lettering.
+    max_retries: int = 1500
     retry_base_delay: float = 1.0
     retry_max_delay: float = 60.0
     _log: Any = field(init=False)
@@ -322,10 +324,14 @@ class MessageHandler:
                 self._retry_later(message, f"{type(exc).__name__}: {exc}", None)
                 metrics.EVENTS_CONSUMED.labels(type=event_type, outcome="retried").inc()
                 return
-            except Exception:
+            except Exception as exc:
+                self._log.exception("handler.crashed", event_id=event.id)
+                if self.subscription.exclusive:
+                    # A replica's own queue has no delivery limit: requeueing would loop for ever.
+                    self._dead_letter(message, f"handler crashed: {type(exc).__name__}: {exc}")
+                    return
                 # Requeue: the quorum queue counts deliveries and dead-letters a message that keeps
                 # crashing its handler once DELIVERY_LIMIT is reached.
-                self._log.exception("handler.crashed", event_id=event.id)
                 message.requeue()
                 metrics.EVENTS_CONSUMED.labels(type=event_type, outcome="crashed").inc()
                 return
@@ -339,7 +345,12 @@ class MessageHandler:
                 metrics.EVENTS_CONSUMED.labels(type=event_type, outcome="dead-lettered").inc()
                 return
             if self.processed is not None:
-                self.processed.remember(queue, event.id)
+                try:
+                    self.processed.remember(queue, event.id)
+                except Exception as exc:
+                    # The effect is done and published: ack anyway; a redelivery would only be deduped
+                    # by the handler's own idempotency.
+                    self._log.warning("dedup.not_recorded", error=str(exc))
             message.ack()
             metrics.EVENTS_CONSUMED.labels(type=event_type, outcome="ok").inc()
             metrics.HANDLER_SECONDS.labels(type=event_type).observe(time.perf_counter() - started)
@@ -479,6 +490,8 @@ def _report_id_of(event: CloudEvent, data: EventData | None) -> str | None:
     report_id = getattr(data, "report_id", None)
     if report_id is None and isinstance(event.data, dict):
         report_id = event.data.get("report_id")
+    if event.type == "report.requested" and report_id is None:
+        return request_report_id(None, event.id)
     return report_id if isinstance(report_id, str) and len(report_id) <= 64 else None
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from kombu.entity import Queue, binding
 
-from services.fetcher.tasks import TASK_EXCHANGE, TASK_QUEUE
+from services.fetcher.tasks import TASK_DEAD_LETTER_QUEUE, TASK_EXCHANGE, TASK_QUEUE
 from shared.topology import (
     ALERTS,
     DLX,
@@ -50,7 +50,7 @@ SERVER_NAMED_QUEUES = r"amq\.gen-.*"
 NOTHING = "^$"
 
 # What a service declares and uses outside the shared contract: the fetcher's own Celery plumbing.
-PRIVATE_QUEUES: dict[str, tuple[Queue, ...]] = {"fetcher": (TASK_QUEUE,)}
+PRIVATE_QUEUES: dict[str, tuple[Queue, ...]] = {"fetcher": (TASK_QUEUE, TASK_DEAD_LETTER_QUEUE)}
 PRIVATE_PUBLISHES: dict[str, tuple[str, ...]] = {"fetcher": (TASK_EXCHANGE.name,)}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from services.exporter.csv_report import file_name, render, sha256_hex, write_atomically
@@ -13,7 +14,7 @@ from shared.events import (
     ReportExported,
     derived_event_id,
 )
-from shared.messaging import Outgoing
+from shared.messaging import Outgoing, RetryLater
 from shared.outcomes import Claim, OutcomeLedger
 
 TOP_LANGUAGES = 5
@@ -29,10 +30,17 @@ def handle_report_aggregated(
 ) -> list[Outgoing]:
     if cancellations.is_cancelled(event.report_id):
         return []
-    if outcomes.claim(event.report_id, "exported") is Claim.OTHER:
-        return []  # failed or cancelled meanwhile: one outcome per report
     content, rows = render(event)
-    path = write_atomically(reports_dir, file_name(event.report_id, event.spec), content)
+    try:
+        path = write_atomically(reports_dir, file_name(event.report_id, event.spec), content)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise RetryLater(f"cannot write into {reports_dir}: {exc.strerror}") from exc
+        raise
+    # Claimed once the file exists: a report whose CSV cannot be written is not marked exported.
+    if outcomes.claim(event.report_id, "exported") is Claim.OTHER:
+        path.unlink(missing_ok=True)  # failed or cancelled meanwhile: one outcome, and no CSV
+        return []
     by_size = sorted(event.languages, key=lambda g: (-len(g.repositories), g.language.casefold()))
     exported = ReportExported(
         report_id=event.report_id,

@@ -15,6 +15,7 @@ from services.fetcher.handlers import RetryPolicy, handle_report_requested
 from services.fetcher.ledger import RedisRequestLedger
 from services.fetcher.rate_budget import RedisRequestBudget
 from services.fetcher.tasks import (
+    TASK_DEAD_LETTER_QUEUE,
     CeleryFetchScheduler,
     consumer_step,
     create_celery_app,
@@ -56,6 +57,8 @@ def main() -> None:
         return
 
     declare_when_reachable(runtime, (FETCHER_REQUESTED, *runtime.control_routes()))
+    with runtime.connection.clone() as connection:
+        TASK_DEAD_LETTER_QUEUE(connection.default_channel).declare()
     scope = github_scope(settings.github_api_url.rstrip("/"), settings.github_token)
     github = GitHubClient(
         settings.github_api_url,

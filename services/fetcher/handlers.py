@@ -24,6 +24,7 @@ from shared.events import (
     ReportRequested,
     ReportSpec,
     derived_event_id,
+    request_report_id,
     since_date,
 )
 from shared.messaging import Outgoing
@@ -58,7 +59,7 @@ def handle_report_requested(
     ledger: RequestLedger,
     cancellations: Cancellations,
 ) -> list[Outgoing]:
-    report_id = event.report_id or meta.id
+    report_id = request_report_id(event.report_id, meta.id)
     if cancellations.is_cancelled(report_id):
         return []
     current = today()

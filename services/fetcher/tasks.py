@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Any
 
 import structlog
 from celery import Celery, bootsteps, signals
+from celery.exceptions import Reject
 from celery.exceptions import Retry as CeleryRetry
 from kombu.entity import Exchange, Queue
 from kombu.messaging import Consumer
 
 from services.fetcher.github import GitHubClient
-from services.fetcher.handlers import PageFetch, Retry, RetryPolicy, fetch_page
+from services.fetcher.handlers import PageFetch, Retry, RetryPolicy, failed, fetch_page
 from shared import tracing
 from shared.context import EventContext, current_context, event_scope
 from shared.control import Cancellations
@@ -21,6 +23,7 @@ from shared.logging import log_file_scope
 from shared.messaging import MessageHandler, Outgoing, Publisher, PublishRefused
 from shared.outcomes import Claim, OutcomeLedger
 from shared.settings import CommonSettings
+from shared.topology import DLX
 
 log = structlog.get_logger("hotrepos.fetcher")
 
@@ -33,10 +36,19 @@ TASK_QUEUE = Queue(
     durable=True,
     # Classic, not quorum: Celery's countdown retries on quorum queues would need its
     # delayed-delivery exchanges, a second topology nobody else should see.
-    queue_arguments={"x-queue-type": "classic"},
+    queue_arguments={
+        "x-queue-type": "classic",
+        "x-dead-letter-exchange": DLX.name,
+        "x-dead-letter-routing-key": "fetcher.tasks",
+    },
+)
+# Where a page task the worker gives up on waits, for `hotrepos dlq replay fetcher.tasks`.
+TASK_DEAD_LETTER_QUEUE = Queue(
+    "fetcher.tasks.dlq", DLX, routing_key="fetcher.tasks", durable=True, queue_arguments={"x-queue-type": "quorum"}
 )
 FETCH_PAGE_TASK = "hotrepos.fetcher.fetch_page"
 UNEXPECTED_ERROR_RETRIES = 20
+EVENT_PREFETCH = 16
 
 
 @signals.setup_logging.connect
@@ -138,7 +150,9 @@ def register_tasks(
     rng = random.Random()
 
     @app.task(name=FETCH_PAGE_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
-    def fetch_page_task(self: Any, payload: dict[str, Any], context: dict[str, str]) -> None:
+    def fetch_page_task(
+        self: Any, payload: dict[str, Any], context: dict[str, str], decided_failure: str | None = None
+    ) -> None:
         fetch = page_fetch_from_payload(payload)
         scope = EventContext.from_headers(context).merged(correlationid=fetch.report_id)
         bound = structlog.contextvars.bound_contextvars(
@@ -152,27 +166,42 @@ def register_tasks(
         ):
             attempt = self.request.retries
             try:
-                if cancellations.is_cancelled(fetch.report_id):
+                if decided_failure is not None:
+                    # The failure was claimed already: only its publication is retried, never the fetch.
+                    outcome: Outgoing | Retry = failed(fetch.report_id, "fetch", decided_failure, fetch.spec)
+                elif cancellations.is_cancelled(fetch.report_id):
                     log.info("fetch.cancelled")
                     return
-                outcome = fetch_page(fetch, attempt, github=github, policy=policy, rng=rng)
+                else:
+                    outcome = fetch_page(fetch, attempt, github=github, policy=policy, rng=rng)
                 if isinstance(outcome, Retry):
                     log.warning("fetch.retry", reason=outcome.reason, attempt=attempt + 1,
                                 countdown=round(outcome.countdown, 2))
                     raise self.retry(countdown=outcome.countdown)
-                _publish(publisher, outcomes, outcome)
+                try:
+                    _publish(publisher, outcomes, outcome)
+                except PublishRefused:
+                    raise
+                except Exception as exc:
+                    if isinstance(outcome.data, ReportFailed) and decided_failure is None:
+                        raise self.retry(args=[payload, context, outcome.data.reason],
+                                         countdown=min(60.0, policy.backoff(attempt, rng) + 1)) from exc
+                    raise
             except CeleryRetry:
                 raise
-            except PublishRefused:
-                # A permission is wrong: retrying cannot help, and the error is already an alert.
+            except PublishRefused as exc:
+                # A permission is wrong: retrying cannot help. The task waits in fetcher.tasks.dlq.
                 log.error("fetch.refused_by_broker", attempt=attempt + 1)
-                return
+                raise Reject(str(exc), requeue=False) from exc
             except Exception as exc:
-                # Redis or the broker unreachable, or a bug: a failed task would be acked and its page lost,
-                # so try again later; past the limit, an alert tells the admins the report is stuck.
+                # Redis or the broker unreachable, or a bug: try again later. Past the limit, the report
+                # fails if it still can, and the task waits in fetcher.tasks.dlq for a replay.
                 if attempt >= UNEXPECTED_ERROR_RETRIES:
                     log.exception("fetch.gave_up", attempt=attempt + 1)
-                    return
+                    reason = f"gave up on page {fetch.page} after {attempt + 1} attempts: {type(exc).__name__}"
+                    with contextlib.suppress(Exception):
+                        _publish(publisher, outcomes, failed(fetch.report_id, "fetch", reason, fetch.spec))
+                    raise Reject(str(exc), requeue=False) from exc
                 log.warning("fetch.unexpected_error", error=f"{type(exc).__name__}: {exc}", attempt=attempt + 1)
                 raise self.retry(countdown=min(60.0, policy.backoff(attempt, rng) + 1)) from exc
             log.info("fetch.done", published=type(outcome.data).__name__)
@@ -198,7 +227,9 @@ def consumer_step(handlers: list[MessageHandler]) -> type[bootsteps.ConsumerStep
     class EventQueuesStep(bootsteps.ConsumerStep):  # type: ignore[misc]
         def get_consumers(self, channel: Any) -> list[Consumer]:
             return [
-                Consumer(channel, queues=[handler.subscription.queue()], on_message=handler, accept=None)
+                # A prefetch bound, as every other service has: a backlog spreads across replicas.
+                Consumer(channel, queues=[handler.subscription.queue()], on_message=handler, accept=None,
+                         prefetch_count=EVENT_PREFETCH)
                 for handler in handlers
             ]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 import threading
 from collections.abc import Mapping
 from functools import partial
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import redis
 import redis.asyncio
+import structlog
 import uvicorn
 from kombu.exceptions import LimitExceeded, OperationalError
 from pydantic import Field
@@ -23,6 +26,8 @@ from shared.messaging import Publisher, Route, ServiceConsumer
 from shared.service import Runtime, build_handlers, declare_when_reachable, start_runtime
 from shared.settings import CommonSettings, load_settings
 from shared.topology import GATEWAY_PROGRESS
+
+log = structlog.get_logger("hotrepos.gateway")
 
 # An HTTP client is waiting: a broker that does not answer at once gives a 503, not a long stall.
 FAIL_FAST_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
@@ -51,9 +56,14 @@ class ProgressConsumer:
         self._thread = threading.Thread(target=self._run, name="gateway-consumer", daemon=True)
 
     def _run(self) -> None:
-        declare_when_reachable(self._runtime, (GATEWAY_PROGRESS, *self._runtime.control_routes()))
-        self._declared.set()
-        self._consumer.run()
+        try:
+            declare_when_reachable(self._runtime, (GATEWAY_PROGRESS, *self._runtime.control_routes()))
+            self._declared.set()
+            self._consumer.run()
+        except Exception:
+            # A gateway whose projection froze must not go on answering: stop, and be restarted.
+            log.exception("consumer.died")
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def start(self) -> None:
         self._thread.start()

@@ -26,6 +26,7 @@ from shared.events import (
     ReportPageFetched,
     ReportRequested,
     ReportSpec,
+    request_report_id,
     since_date,
 )
 
@@ -91,9 +92,9 @@ class ReportStatus(BaseModel):
 
 def report_id_of(data: EventData, meta: CloudEvent) -> str | None:
     """Whose report an event is about; a request without report_id is known by its event id."""
+    if isinstance(data, ReportRequested):
+        return request_report_id(data.report_id, meta.id)
     report_id = getattr(data, "report_id", None)
-    if report_id is None and isinstance(data, ReportRequested):
-        return meta.id
     return report_id if isinstance(report_id, str) else None
 
 

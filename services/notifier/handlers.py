@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePath
 
+import structlog
+
 from services.notifier.mailer import Mailer
 from services.notifier.sent_emails import SentEmails
 from services.notifier.templates import (
@@ -17,6 +19,9 @@ from services.notifier.templates import (
 )
 from shared import metrics
 from shared.events import AlertRaised, CloudEvent, ReportExported, ReportFailed
+from shared.messaging import Rejected, RetryLater
+
+log = structlog.get_logger("hotrepos.notifier")
 
 
 @dataclass(frozen=True)
@@ -29,9 +34,13 @@ def _send_once(mailer: Mailer, sent: SentEmails, message: Email, to: list[str], 
                language: str = "en") -> None:
     if not to or sent.was_sent(key):
         return
+    if not sent.start_sending(key):
+        # Another replica is sending this very email: come back once it has, or has died trying.
+        raise RetryLater(f"email {kind} for {key} is being sent by another replica", delay=5)
     try:
         mailer.send(message, to, key=key, language=language)
     except Exception:
+        sent.abandon(key)
         metrics.EMAILS.labels(kind=kind, outcome="failed").inc()
         raise
     sent.mark_sent(key)
@@ -67,7 +76,11 @@ def handle_report_failed(
         )
         language = resolve_locale(meta.locale).language
         key = f"{event.report_id}:failed:{requester}"
-        _send_once(mailer, sent, message, [requester], key, "failed", language)
+        try:
+            _send_once(mailer, sent, message, [requester], key, "failed", language)
+        except Rejected as exc:
+            # A refused requester address must not keep the admins from hearing of the failure.
+            log.warning("email.refused", recipient_kind="requester", reason=str(exc))
     admin_message = admin_failed_email(
         report_id=event.report_id, stage=event.stage, reason=event.reason, requester=requester
     )
@@ -79,8 +92,9 @@ def handle_alert_raised(
     event: AlertRaised, meta: CloudEvent, *, mailer: Mailer, sent: SentEmails, recipients: Recipients
 ) -> None:
     # Every replica of every service may raise the same alert: one email per interval in all.
-    if not recipients.admins or not sent.first_in_interval(event.fingerprint,
-                                                           recipients.alert_interval_seconds):
+    # The token lets a retry of this very alert through (say SMTP was down), and no other.
+    interval = recipients.alert_interval_seconds
+    if not recipients.admins or not sent.first_in_interval(event.fingerprint, interval, token=meta.id):
         return
     message = alert_email(
         service=event.service,

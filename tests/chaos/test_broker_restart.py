@@ -55,11 +55,16 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
             publisher = RequestPublisher(amqp_url)
             for report_id in ids:
                 publisher.request(report_id, period="week")
-            publisher.close()
             wait_until(lambda: recorder.of("report.page.fetched"), 60, "a first page fetched")
             in_flight = len(ids) - len(recorder.outcomes_by_report())
             rabbit_node.restart(down_seconds=sizes.broker_down_seconds)
             back = time.monotonic()
+            # Requests keep coming while the services reconnect, as they would in production.
+            late = report_ids("restart-late", sizes.broker_reports)
+            for report_id in late:
+                publisher.request(report_id, period="week")
+            publisher.close()
+            ids += late
             completed = wait_for_reports(ids, recorder, smtp_sink, 600 if FULL else 180)
             quiet_since = wait_until_settled(broker, vhost, 180)
             stuck = pending_work(broker, vhost) if quiet_since is None else {}
@@ -68,7 +73,7 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
                 dead_lettered=sum(dead_letter_counts(broker, vhost).values()),
             )
             payload = publish_figures(
-                figures_name, figures, in_flight_at_stop=in_flight,
+                figures_name, figures, in_flight_at_stop=in_flight, requested_after_restart=len(late),
                 broker_down_seconds=sizes.broker_down_seconds, broker_starts=rabbit_node.starts,
                 recorder_reconnects=recorder.reconnects, completed_in_time=completed,
                 drained_seconds_after_restart=None if quiet_since is None else round(quiet_since - back, 1),

@@ -56,7 +56,9 @@ def test_list_show_replay_purge(amqp_url: str, broker: Broker, vhost: str) -> No
     channel = connection.channel()
     method, properties, body = channel.basic_get("fetcher.report.requested", auto_ack=True)
     assert method is not None and json.loads(body)["id"] == good["id"]
-    assert method.routing_key == "report.requested" and REASON_HEADER not in (properties.headers or {})
+    # Through hotrepos.redeliver: back to the queue it died in alone, not to every subscriber again.
+    assert (method.exchange, method.routing_key) == ("hotrepos.redeliver", "fetcher.report.requested")
+    assert REASON_HEADER not in (properties.headers or {})
     connection.close()
 
     refused = hotrepos(amqp_url, "dlq", "purge")

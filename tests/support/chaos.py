@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -33,6 +33,8 @@ from tests.support.services import ROOT, ServiceProcess
 from tests.support.smtp import SmtpSink
 
 ARTIFACTS = ROOT / "test-artifacts" / "chaos"
+# Log directories of the pipelines started in this session, kept when a chaos test fails.
+PIPELINE_LOG_DIRS: list[Path] = []
 REQUESTER = "chaos-reader@example.com"
 OUTCOMES = ("report.exported", "report.failed")
 FIGURES_PREFIX = "CHAOS-FIGURES "
@@ -164,7 +166,7 @@ def report_ids(prefix: str, count: int) -> list[str]:
 class RequestPublisher:
     """Publishes report.requested with pika, on one confirmed connection that survives restarts."""
 
-    def __init__(self, amqp_url: str) -> None:
+    def __init__(self, amqp_url: str | Sequence[str]) -> None:
         self.amqp_url = amqp_url
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
@@ -198,7 +200,7 @@ class RequestPublisher:
 
     def _open(self) -> Any:
         if self._connection is None or self._connection.is_closed:
-            self._connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+            self._connection = pika.BlockingConnection(connection_parameters(self.amqp_url))
             self._channel = self._connection.channel()
             self._channel.confirm_delivery()
         return self._channel
@@ -218,7 +220,8 @@ class OutcomeRecorder:
     are counted by distinct event id.
     """
 
-    def __init__(self, amqp_url: str, queue: str | None = None, binding_key: str = "report.#") -> None:
+    def __init__(self, amqp_url: str | Sequence[str], queue: str | None = None,
+                 binding_key: str = "report.#") -> None:
         self.amqp_url = amqp_url
         self.queue = queue or f"chaos.recorder.{uuid.uuid4().hex[:8]}"
         self.binding_key = binding_key
@@ -231,20 +234,16 @@ class OutcomeRecorder:
         self._thread = threading.Thread(target=self._run, name="outcome-recorder", daemon=True)
         self._thread.start()
 
-    def _parameters(self) -> pika.URLParameters:
-        parameters = pika.URLParameters(self.amqp_url)
-        parameters.heartbeat = 10
-        parameters.blocked_connection_timeout = 30
-        parameters.connection_attempts = 1
-        parameters.socket_timeout = 5
-        return parameters
+    def _parameters(self) -> list[pika.URLParameters]:
+        return connection_parameters(self.amqp_url, heartbeat=10)
 
     def _declare(self) -> None:
         connection = pika.BlockingConnection(self._parameters())
         try:
             channel = connection.channel()
             channel.exchange_declare("hotrepos.events", "topic", durable=True)
-            channel.queue_declare(self.queue, durable=True)
+            # Quorum, so that it outlives the loss of a cluster node too.
+            channel.queue_declare(self.queue, durable=True, arguments={"x-queue-type": "quorum"})
             channel.queue_bind(self.queue, "hotrepos.events", self.binding_key)
         finally:
             connection.close()
@@ -273,7 +272,7 @@ class OutcomeRecorder:
     def _record(self, body: bytes) -> None:
         try:
             event = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # hostile tests send garbage and very deep JSON
             event = None
         with self._lock:
             self.deliveries += 1
@@ -297,6 +296,20 @@ class OutcomeRecorder:
                 if event.get("type") in OUTCOMES and report_id:
                     found[report_id].append(event)
         return found
+
+
+def connection_parameters(amqp_url: str | Sequence[str], heartbeat: int | None = None) -> list[pika.URLParameters]:
+    """pika parameters for one broker URL, or for each node of a cluster, tried in turn."""
+    found = []
+    for url in [amqp_url] if isinstance(amqp_url, str) else amqp_url:
+        parameters = pika.URLParameters(url)
+        parameters.connection_attempts = 1
+        parameters.socket_timeout = 5
+        parameters.blocked_connection_timeout = 30
+        if heartbeat is not None:
+            parameters.heartbeat = heartbeat
+        found.append(parameters)
+    return found
 
 
 def _report_id(event: Mapping[str, Any]) -> str | None:
@@ -544,6 +557,7 @@ def running_pipeline(
         root=root, today=today, extra_env=dict(extra_env or {}),
     )
     replicated = ReplicatedPipeline(pipeline, replicas)
+    PIPELINE_LOG_DIRS.append(pipeline.log_dir)
     try:
         yield replicated.start(timeout)
     finally:

@@ -53,8 +53,9 @@ def rabbitmq_available() -> bool:
 class RabbitNode:
     """One RabbitMQ node with the management plugin; start(), stop() and restart() at will."""
 
-    def __init__(self, root: Path, *, name_prefix: str = "hotrepos-chaos") -> None:
+    def __init__(self, root: Path, *, name_prefix: str = "hotrepos-chaos", cookie: str | None = None) -> None:
         self.root = root
+        self.cookie = cookie or "".join(secrets.choice(string.ascii_uppercase) for _ in range(20))
         self.nodename = f"{name_prefix}-{uuid.uuid4().hex[:8]}@localhost"
         self.amqp_port = free_port()
         self.management_port = free_port()
@@ -78,7 +79,7 @@ class RabbitNode:
         # The CLI authenticates to the node with the cookie in $HOME: a private one, shared by both.
         cookie = home / ".erlang.cookie"
         if not cookie.exists():
-            cookie.write_text("".join(secrets.choice(string.ascii_uppercase) for _ in range(20)))
+            cookie.write_text(self.cookie)
             cookie.chmod(0o400)
         (self.root / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
@@ -177,6 +178,26 @@ class RabbitNode:
         self.process.kill()
         self.process.wait(10)
 
+    def kill(self) -> None:
+        """The node lost at once, as in a crash: SIGKILL to the VM, no goodbye to its peers."""
+        if not self.running:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(self.pid_file.read_text().strip()), signal.SIGKILL)
+        assert self.process is not None
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self._force_stop()
+        self.process = None
+
+    def join(self, seed: RabbitNode) -> None:
+        """Join the seed node's cluster (both nodes share one Erlang cookie)."""
+        for args in (("stop_app",), ("join_cluster", seed.nodename), ("start_app",)):
+            result = self.ctl(*args)
+            if result.returncode != 0:
+                raise RuntimeError(f"{' '.join(args)} on {self.nodename} failed: {result.stderr}{self.tail()}")
+
     def restart(self, down_seconds: float = 0.0) -> None:
         self.stop()
         time.sleep(down_seconds)
@@ -185,6 +206,22 @@ class RabbitNode:
     def tail(self, chars: int = 3000) -> str:
         out = self.root / "server.out"
         return "\n" + out.read_text(errors="replace")[-chars:] if out.exists() else ""
+
+
+@contextlib.contextmanager
+def rabbit_cluster(root: Path, size: int = 3) -> Iterator[list[RabbitNode]]:
+    """`size` nodes of our own clustered together; quorum queues get a member on each."""
+    cookie = "".join(secrets.choice(string.ascii_uppercase) for _ in range(20))
+    nodes = [RabbitNode(root / f"node{index}", cookie=cookie) for index in range(1, size + 1)]
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes[1:]:
+            node.join(nodes[0])
+        yield nodes
+    finally:
+        for node in reversed(nodes):
+            node.stop()
 
 
 @contextlib.contextmanager
