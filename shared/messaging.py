@@ -52,6 +52,7 @@ from shared.topology import (
 log = structlog.get_logger("hotrepos.messaging")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+CONFIRM_TIMEOUT_SECONDS = 15
 ACCESS_REFUSED = 403
 DEFAULT_EXCHANGE_NAME = "amq.default"
 PUBLISH_RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 5}
@@ -200,6 +201,8 @@ class Publisher:
                     declare=declare,
                     retry=True,
                     retry_policy=self._retry_policy,
+                    # A broker that dies between publish and confirm must not hang the caller for ever.
+                    confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
                 )
         except self._connection.channel_errors as exc:
             if getattr(exc, "reply_code", None) != ACCESS_REFUSED:

@@ -36,6 +36,7 @@ class FetcherSettings(CommonSettings):
     fetch_retry_base_seconds: float = Field(default=1.0, gt=0)
     github_rate_limit_per_minute: int = Field(default=30, ge=0, description="0: no shared budget")
     github_cache_seconds: float = Field(default=60.0, ge=0, description="0: no shared page cache")
+    github_read_timeout_seconds: float = Field(default=30.0, gt=0)
     report_schedule: str = "day=0 0 * * *"
     schedule_notify: EmailStr | None = None
     today: dt.date | None = Field(default=None, description="Pin 'today' (demos and tests only)")
@@ -69,6 +70,7 @@ def main() -> None:
         budget=RedisRequestBudget(runtime.redis, settings.github_rate_limit_per_minute, scope)
         if settings.github_rate_limit_per_minute > 0
         else None,
+        read_timeout=settings.github_read_timeout_seconds,
     )
     policy = RetryPolicy(
         max_attempts=settings.fetch_max_attempts, base_delay=settings.fetch_retry_base_seconds

@@ -115,8 +115,10 @@ class GitHubClient:
         *,
         cache: RedisPageCache | None = None,
         budget: RedisRequestBudget | None = None,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         self.api_url = api_url.rstrip("/")
+        self.read_timeout = read_timeout
         self.session = session or requests.Session()
         self.cache = cache
         self.budget = budget
@@ -192,7 +194,7 @@ class GitHubClient:
                 f"{self.api_url}/search/repositories",
                 params=params,
                 headers={"If-None-Match": etag} if etag else None,
-                timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+                timeout=(CONNECT_TIMEOUT, self.read_timeout),
             )
         except requests.Timeout as exc:
             metrics.GITHUB_REQUESTS.labels(status="timeout").inc()

@@ -520,9 +520,10 @@ def wait_for_reports(
     timeout: float,
     *,
     requester: str | None = REQUESTER,
-    while_waiting: Callable[[], None] | None = None,
+    give_up: Callable[[], bool] | None = None,
 ) -> bool:
-    """Until every report has an outcome and, when someone is to be told, a requester email."""
+    """Until every report has an outcome and, when someone is to be told, a requester email; or
+    until `give_up` says that waiting longer cannot help."""
     ids = list(report_ids)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -532,8 +533,8 @@ def wait_for_reports(
         )
         if done:
             return True
-        if while_waiting is not None:
-            while_waiting()
+        if give_up is not None and give_up():
+            return False
         time.sleep(0.5)
     return False
 
