@@ -20,7 +20,7 @@ from shared.context import EventContext, current_context, event_scope
 from shared.control import Cancellations
 from shared.events import ReportFailed, ReportSpec
 from shared.logging import log_file_scope
-from shared.messaging import MessageHandler, Outgoing, Publisher, PublishRefused
+from shared.messaging import CONFIRM_TIMEOUT_SECONDS, MessageHandler, Outgoing, Publisher, PublishRefused
 from shared.outcomes import Claim, OutcomeLedger
 from shared.settings import CommonSettings
 from shared.topology import DLX
@@ -135,6 +135,9 @@ class CeleryFetchScheduler:
                     args=[page_fetch_to_payload(fetch), context],
                     producer=producer,
                     retry=True,
+                    # The consumer's event loop runs this: a confirm that never comes must not stall it,
+                    # or its connection falls silent and the broker drops it minutes later.
+                    confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
                 )
 
 
@@ -177,7 +180,7 @@ def register_tasks(
                 if isinstance(outcome, Retry):
                     log.warning("fetch.retry", reason=outcome.reason, attempt=attempt + 1,
                                 countdown=round(outcome.countdown, 2))
-                    raise self.retry(countdown=outcome.countdown)
+                    raise self.retry(countdown=outcome.countdown, confirm_timeout=CONFIRM_TIMEOUT_SECONDS)
                 try:
                     _publish(publisher, outcomes, outcome)
                 except PublishRefused:
@@ -185,7 +188,8 @@ def register_tasks(
                 except Exception as exc:
                     if isinstance(outcome.data, ReportFailed) and decided_failure is None:
                         raise self.retry(args=[payload, context, outcome.data.reason],
-                                         countdown=min(60.0, policy.backoff(attempt, rng) + 1)) from exc
+                                         countdown=min(60.0, policy.backoff(attempt, rng) + 1),
+                                         confirm_timeout=CONFIRM_TIMEOUT_SECONDS) from exc
                     raise
             except CeleryRetry:
                 raise
@@ -203,7 +207,8 @@ def register_tasks(
                         _publish(publisher, outcomes, failed(fetch.report_id, "fetch", reason, fetch.spec))
                     raise Reject(str(exc), requeue=False) from exc
                 log.warning("fetch.unexpected_error", error=f"{type(exc).__name__}: {exc}", attempt=attempt + 1)
-                raise self.retry(countdown=min(60.0, policy.backoff(attempt, rng) + 1)) from exc
+                raise self.retry(countdown=min(60.0, policy.backoff(attempt, rng) + 1),
+                                 confirm_timeout=CONFIRM_TIMEOUT_SECONDS) from exc
             log.info("fetch.done", published=type(outcome.data).__name__)
 
 

@@ -59,6 +59,7 @@ def chaos_logs(request: pytest.FixtureRequest) -> Iterator[None]:
     pika_logger.setLevel(level)
     if request.node.stash.get(_FAILED, False):
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", request.node.name).strip("_")
+        shutil.rmtree(ARTIFACTS / f"{name}.logs", ignore_errors=True)  # no stale logs of an earlier run
         # This test's pipelines, or the module's shared one when it started none of its own.
         for log_dir in PIPELINE_LOG_DIRS[started_with:] or PIPELINE_LOG_DIRS[-1:]:
             if log_dir.exists():

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from services.fetcher.__main__ import FetcherSettings
 from services.fetcher.github import READ_TIMEOUT
 from tests.conftest import TODAY
 from tests.fake_github import FakeGitHub
@@ -34,11 +33,8 @@ from tests.support.chaos import (
 from tests.support.smtp import SmtpSink
 
 FULL = chaos_sizes().scale == "full"
-# A lowered read timeout keeps the timeout case short; the fetcher reads it from this setting once
-# it has one (until then its 30 s constant applies, and the lowered case is expected to fail).
+# A lowered read timeout (GITHUB_READ_TIMEOUT_SECONDS) keeps the timeout cases short.
 TEST_READ_TIMEOUT = 2
-READ_TIMEOUT_SETTING = "github_read_timeout_seconds"
-HAS_READ_TIMEOUT_SETTING = READ_TIMEOUT_SETTING in FetcherSettings.model_fields
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,6 @@ class FaultCase:
     requests_for_page: dict[int, int] = field(default_factory=dict)  # GitHub calls expected per page
     reason: str = ""
     check: str = ""
-    marks: tuple[Any, ...] = ()
 
 
 CASES = [
@@ -62,10 +57,9 @@ CASES = [
     FaultCase("502 always", [{"kind": "status", "status": 502, "page": 1}], "failed", {1: 5},
               reason="GitHub answered 502 on page 1 (gave up after 5 attempts)"),
     FaultCase("read timeout once", [{"kind": "timeout", "page": 2, "times": 1, "seconds": TEST_READ_TIMEOUT + 2}],
-              "exported", {2: 2}, marks=(pytest.mark.xfail(
-                  not HAS_READ_TIMEOUT_SETTING, strict=True,
-                  reason="the fetcher's read timeout is a 30 s constant: it needs a "
-                         "GITHUB_READ_TIMEOUT_SECONDS setting for a test to lower it"),)),
+              "exported", {2: 2}),
+    FaultCase("read timeout always", [{"kind": "timeout", "page": 2, "seconds": TEST_READ_TIMEOUT + 2}],
+              "failed", {2: 5}, reason="GitHub timed out on page 2"),
     FaultCase("truncated JSON once", [{"kind": "truncated", "page": 1, "times": 1}], "exported", {1: 2}),
     FaultCase("truncated JSON always", [{"kind": "truncated", "page": 1}], "failed", {1: 5},
               reason="GitHub sent a malformed body on page 1"),
@@ -103,7 +97,7 @@ def fault_pipeline(
 
 
 @pytest.mark.timeout(240 if FULL else 90)
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.name.replace(" ", "-"), marks=c.marks) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name.replace(" ", "-")) for c in CASES])
 def test_github_fault_ends_in_a_retried_export_or_a_told_failure(
     case: FaultCase, fault_pipeline: tuple[ReplicatedPipeline, OutcomeRecorder], fake_github: FakeGitHub,
     module_smtp_sink: SmtpSink, figures_name: str,

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pika
 import pika.exceptions
@@ -343,7 +344,7 @@ def admin_failed_emails(sink: SmtpSink, report_id: str) -> list[EmailMessage]:
 
 
 def queues(broker: Broker, vhost: str) -> list[dict[str, Any]]:
-    listed: list[dict[str, Any]] = broker.api("GET", f"/queues/{_quote(vhost)}").json()
+    listed: list[dict[str, Any]] = broker.api("GET", f"/queues/{quote(vhost, safe='')}").json()
     return listed
 
 
@@ -364,12 +365,6 @@ def pending_work(broker: Broker, vhost: str) -> dict[str, int]:
         if count:
             pending[name] = count
     return pending
-
-
-def _quote(vhost: str) -> str:
-    from urllib.parse import quote
-
-    return quote(vhost, safe="")
 
 
 def wait_until_settled(broker: Broker, vhost: str, timeout: float, quiet: float = 6.0) -> float | None:
