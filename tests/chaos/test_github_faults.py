@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from services.fetcher.github import READ_TIMEOUT
 from tests.conftest import TODAY
 from tests.fake_github import FakeGitHub
 from tests.support.broker import Broker
@@ -71,11 +70,6 @@ CASES = [
     FaultCase("items missing optional fields", [{"kind": "missing_fields", "page": 1}], "exported", {1: 1},
               check="page 1 rows have no language and no description"),
 ]
-if FULL:
-    # The real constant, with no setting needed: a minute of waiting, so only in the full tier.
-    CASES.append(FaultCase("read timeout once at the real 30 s",
-                           [{"kind": "timeout", "page": 2, "times": 1, "seconds": READ_TIMEOUT + 2}],
-                           "exported", {2: 2}))
 
 
 @pytest.fixture(scope="module")
