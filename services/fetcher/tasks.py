@@ -73,6 +73,10 @@ def create_celery_app(settings: CommonSettings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=4,
+        # Celery's prefetch restore after a reconnection sends basic.qos from every pool thread on one
+        # connection; py-amqp is not thread-safe, the replies get lost, and the worker stalls until the
+        # broker drops it for missed heartbeats.
+        worker_enable_prefetch_count_reduction=False,
         worker_enable_remote_control=False,
         worker_send_task_events=False,
         worker_hijack_root_logger=False,

