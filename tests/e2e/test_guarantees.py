@@ -101,6 +101,7 @@ def test_sigterm_finishes_or_requeues_in_flight_work_and_exits_in_bound(
         process.stop()
         pipeline.processes.remove(process)
     exporter = ServiceProcess("exporter", env, tmp_path).start()
+    pipeline.processes.append(exporter)  # stopped with the pipeline, should this test fail midway
     pipeline.wait_for_consumer("exporter.report.aggregated")
     ids = []
     for index in range(40):
@@ -114,6 +115,7 @@ def test_sigterm_finishes_or_requeues_in_flight_work_and_exits_in_bound(
     started = time.monotonic()
     exporter.process.terminate()
     code = exporter.process.wait(30)
+    pipeline.processes.remove(exporter)
     assert code == 0, exporter.output()[-2000:]
     assert time.monotonic() - started < 30
     time.sleep(1)
