@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.fake_github import FakeGitHub
 from tests.support.broker import Broker, test_broker, test_redis
-from tests.support.pipeline import Pipeline
+from tests.support.pipeline import Pipeline, running_pipeline
 from tests.support.smtp import SmtpSink
 
 TODAY = dt.date(2026, 11, 22)
@@ -81,19 +80,6 @@ def pipeline(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Pipeline]:
     """All four pipeline services as processes, on a vhost of their own, shared by a test module."""
-    root: Path = tmp_path_factory.mktemp("pipeline")
-    with broker.vhost("hotrepos-e2e") as name:
-        running = Pipeline(
-            broker=broker,
-            vhost=name,
-            redis_url=redis_url,
-            github_url=module_fake_github.url,
-            smtp_port=module_smtp_sink.port,
-            root=root,
-            today=TODAY,
-        )
-        try:
-            running.start_all()
-            yield running
-        finally:
-            running.stop_all()
+    with running_pipeline(broker, redis_url, module_fake_github.url, module_smtp_sink.port,
+                          tmp_path_factory.mktemp("pipeline"), TODAY) as running:
+        yield running

@@ -17,7 +17,7 @@ from tests.conftest import TODAY
 from tests.fake_github import FakeGitHub
 from tests.support.amqp import EventListener, cloud_event, publish
 from tests.support.broker import Broker
-from tests.support.pipeline import PIPELINE_SERVICES, Pipeline
+from tests.support.pipeline import PIPELINE_SERVICES, Pipeline, running_pipeline
 from tests.support.services import wait_until
 from tests.support.smtp import SmtpSink
 
@@ -34,22 +34,10 @@ def measured_pipeline(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Pipeline]:
     """The four services as processes, each with a metrics port of its own."""
-    with broker.vhost("hotrepos-e2e-metrics") as name:
-        running = Pipeline(
-            broker=broker,
-            vhost=name,
-            redis_url=redis_url,
-            github_url=module_fake_github.url,
-            smtp_port=module_smtp_sink.port,
-            root=tmp_path_factory.mktemp("measured"),
-            today=TODAY,
-            with_metrics=True,
-        )
-        try:
-            running.start_all()
-            yield running
-        finally:
-            running.stop_all()
+    with running_pipeline(broker, redis_url, module_fake_github.url, module_smtp_sink.port,
+                          tmp_path_factory.mktemp("measured"), TODAY, "hotrepos-e2e-metrics",
+                          with_metrics=True) as running:
+        yield running
 
 
 def scrape(pipeline: Pipeline, service: str) -> Samples:

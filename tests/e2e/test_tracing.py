@@ -13,7 +13,7 @@ from tests.fake_github import FakeGitHub
 from tests.support.amqp import cloud_event, publish
 from tests.support.broker import Broker
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
-from tests.support.pipeline import PIPELINE_SERVICES, Pipeline
+from tests.support.pipeline import PIPELINE_SERVICES, Pipeline, running_pipeline
 from tests.support.services import wait_until
 from tests.support.smtp import SmtpSink
 
@@ -37,25 +37,12 @@ def traced_pipeline(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Pipeline]:
     """The four services as processes, each exporting its spans to the test's OTLP receiver."""
-    with broker.vhost("hotrepos-e2e-tracing") as name:
-        running = Pipeline(
-            broker=broker,
-            vhost=name,
-            redis_url=redis_url,
-            github_url=module_fake_github.url,
-            smtp_port=module_smtp_sink.port,
-            root=tmp_path_factory.mktemp("traced"),
-            today=TODAY,
-            extra_env={
-                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
-                "OTEL_BSP_SCHEDULE_DELAY": "100",
-            },
-        )
-        try:
-            running.start_all()
-            yield running
-        finally:
-            running.stop_all()
+    with running_pipeline(
+        broker, redis_url, module_fake_github.url, module_smtp_sink.port, tmp_path_factory.mktemp("traced"),
+        TODAY, "hotrepos-e2e-tracing",
+        extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
+    ) as running:
+        yield running
 
 
 def request_and_wait_for_email(pipeline: Pipeline, sink: SmtpSink, traceparent: str | None) -> str:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -154,3 +157,27 @@ class Pipeline:
 
     def logs(self) -> str:
         return "\n".join(f"==== {p.name}\n{p.output()[-3000:]}" for p in self.processes)
+
+
+@contextmanager
+def running_pipeline(
+    broker: Broker,
+    redis_url: str,
+    github_url: str,
+    smtp_port: int,
+    root: Path,
+    today: dt.date,
+    vhost_prefix: str = "hotrepos-e2e",
+    **options: Any,
+) -> Iterator[Pipeline]:
+    """The four pipeline services as processes on a throwaway vhost, stopped and deleted afterwards."""
+    with broker.vhost(vhost_prefix) as name:
+        running = Pipeline(
+            broker=broker, vhost=name, redis_url=redis_url, github_url=github_url,
+            smtp_port=smtp_port, root=root, today=today, **options,
+        )
+        try:
+            running.start_all()
+            yield running
+        finally:
+            running.stop_all()
