@@ -55,14 +55,30 @@ class Plan:
     overflow_requests: int
 
 
-FULL = Plan(latency_runs=30, throughput_reports=100, throughput_rounds=4, throughput_warmup=10,
-            scale_out_reports=100,
-            scale_out_fetchers=(1, 2, 4, 4, 2, 1, 1, 2, 4), budget_requests=20, budget_spread_seconds=10.0,
-            budget_fetchers=(1, 4), overflow_requests=8)
-QUICK = Plan(latency_runs=3, throughput_reports=5, throughput_rounds=1, throughput_warmup=1,
-             scale_out_reports=6,
-             scale_out_fetchers=(1, 2, 4), budget_requests=4, budget_spread_seconds=1.0,
-             budget_fetchers=(1, 4), overflow_requests=2)
+FULL = Plan(
+    latency_runs=30,
+    throughput_reports=100,
+    throughput_rounds=4,
+    throughput_warmup=10,
+    scale_out_reports=100,
+    scale_out_fetchers=(1, 2, 4, 4, 2, 1, 1, 2, 4),
+    budget_requests=20,
+    budget_spread_seconds=10.0,
+    budget_fetchers=(1, 4),
+    overflow_requests=8,
+)
+QUICK = Plan(
+    latency_runs=3,
+    throughput_reports=5,
+    throughput_rounds=1,
+    throughput_warmup=1,
+    scale_out_reports=6,
+    scale_out_fetchers=(1, 2, 4),
+    budget_requests=4,
+    budget_spread_seconds=1.0,
+    budget_fetchers=(1, 4),
+    overflow_requests=2,
+)
 
 
 def log(message: str) -> None:
@@ -70,8 +86,9 @@ def log(message: str) -> None:
 
 
 @contextmanager
-def hotrepos(broker: Broker, redis_url: str, github: FakeGitHubProcess, workdir: Path, *, fetchers: int,
-             env: dict[str, str]) -> Iterator[HotreposSystem]:
+def hotrepos(
+    broker: Broker, redis_url: str, github: FakeGitHubProcess, workdir: Path, *, fetchers: int, env: dict[str, str]
+) -> Iterator[HotreposSystem]:
     system = HotreposSystem(broker, redis_url, github, workdir, fetchers=fetchers, env=env)
     try:
         yield system
@@ -94,7 +111,7 @@ def forget_pipeline_state(redis_url: str) -> None:
     for pattern in ("hotrepos:*",):
         keys = list(client.scan_iter(pattern, count=1000))
         for start in range(0, len(keys), 500):
-            client.delete(*keys[start:start + 500])
+            client.delete(*keys[start : start + 500])
     client.close()
 
 
@@ -133,19 +150,25 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         "latency_0ms_p50_ratio": check(latency0["ratio_p50"], "<= 0.4", latency0["ratio_p50"] <= 0.4),
         "latency_300ms_p50_over_round_trip": check(
-            latency300["hotrepos_p50_over_round_trip"], "<= 1.2",
-            latency300["hotrepos_p50_over_round_trip"] <= 1.2),
+            latency300["hotrepos_p50_over_round_trip"], "<= 1.2", latency300["hotrepos_p50_over_round_trip"] <= 1.2
+        ),
         "throughput_ratio": check(results["throughput"]["ratio"], ">= 3", results["throughput"]["ratio"] >= 3),
-        "scale_out_efficiency": check(scale["fetchers"][last]["efficiency"], ">= 0.85",
-                                      scale["fetchers"][last]["efficiency"] >= 0.85),
+        "scale_out_efficiency": check(
+            scale["fetchers"][last]["efficiency"], ">= 0.85", scale["fetchers"][last]["efficiency"] >= 0.85
+        ),
         "budget_upstream_calls_identical": check(
-            max(run["upstream_calls"] for run in identical), "<= 5",
-            max(run["upstream_calls"] for run in identical) <= 5),
-        "budget_rate_limit_errors": check(sum(run["rate_limited"] for run in runs), "== 0",
-                                          sum(run["rate_limited"] for run in runs) == 0),
+            max(run["upstream_calls"] for run in identical),
+            "<= 5",
+            max(run["upstream_calls"] for run in identical) <= 5,
+        ),
+        "budget_rate_limit_errors": check(
+            sum(run["rate_limited"] for run in runs), "== 0", sum(run["rate_limited"] for run in runs) == 0
+        ),
         "budget_every_request_answered": check(
-            sum(run["answered"] for run in runs), f"== {sum(run['requests'] for run in runs)}",
-            all(run["answered"] == run["requests"] for run in runs)),
+            sum(run["answered"] for run in runs),
+            f"== {sum(run['requests'] for run in runs)}",
+            all(run["answered"] == run["requests"] for run in runs),
+        ),
         "memory_stack_peak_mb": check(stack_peak, "< 500", stack_peak < 500),
     }
 
@@ -180,8 +203,9 @@ def run(plan: Plan, mode: str, redis_base: str, workdir: Path) -> dict[str, Any]
     return results
 
 
-def measure_speed(plan: Plan, results: dict[str, Any], hot: HotreposSystem, base: BaselineSystem,
-                  github: FakeGitHubProcess) -> None:
+def measure_speed(
+    plan: Plan, results: dict[str, Any], hot: HotreposSystem, base: BaselineSystem, github: FakeGitHubProcess
+) -> None:
     systems = (hot, base)
     results["latency"] = {}
     for latency_ms in (0, 300):
@@ -189,11 +213,11 @@ def measure_speed(plan: Plan, results: dict[str, Any], hot: HotreposSystem, base
         results["latency"][f"{latency_ms}ms"] = scenarios.latency(systems, github, latency_ms, plan.latency_runs)
     log(f"throughput at 0 ms: {plan.throughput_reports} reports at once, {plan.throughput_rounds} round(s) each")
     results["throughput"], results["memory"] = scenarios.throughput(
-        systems, github, plan.throughput_reports, plan.throughput_rounds, plan.throughput_warmup)
+        systems, github, plan.throughput_reports, plan.throughput_rounds, plan.throughput_warmup
+    )
 
 
-def measure_scale_out(plan: Plan, results: dict[str, Any], hot: HotreposSystem,
-                      github: FakeGitHubProcess) -> None:
+def measure_scale_out(plan: Plan, results: dict[str, Any], hot: HotreposSystem, github: FakeGitHubProcess) -> None:
     github.configure(latency_ms=300, rate_limit_per_minute=None)
     rates: dict[int, list[float]] = {}
     busy: dict[int, list[float]] = {}
@@ -203,8 +227,10 @@ def measure_scale_out(plan: Plan, results: dict[str, Any], hot: HotreposSystem,
         run = scenarios.burst(hot, plan.scale_out_reports, f"scale{fetchers}")
         rates.setdefault(fetchers, []).append(run["reports_per_second"])
         busy.setdefault(fetchers, []).append(run["machine_busy"])
-        log(f"scale-out at 300 ms: {fetchers} fetcher(s), {plan.scale_out_reports} reports:"
-            f" {run['reports_per_second']:.2f} reports/s, machine {run['machine_busy']:.0%} busy")
+        log(
+            f"scale-out at 300 ms: {fetchers} fetcher(s), {plan.scale_out_reports} reports:"
+            f" {run['reports_per_second']:.2f} reports/s, machine {run['machine_busy']:.0%} busy"
+        )
     one = statistics.median(rates[1])
     results["scale_out"] = {
         "latency_ms": 300,
@@ -223,37 +249,51 @@ def measure_scale_out(plan: Plan, results: dict[str, Any], hot: HotreposSystem,
     }
 
 
-def measure_budget(plan: Plan, results: dict[str, Any], hot: HotreposSystem, github: FakeGitHubProcess,
-                   hot_redis: str) -> None:
+def measure_budget(
+    plan: Plan, results: dict[str, Any], hot: HotreposSystem, github: FakeGitHubProcess, hot_redis: str
+) -> None:
     github.configure(latency_ms=300, rate_limit_per_minute=GITHUB_RATE_LIMIT)
     budget: dict[str, Any] = {"rate_limit_per_minute": GITHUB_RATE_LIMIT}
     for fetchers in plan.budget_fetchers:
         hot.set_fetchers(fetchers, BUDGET_ENV)
         forget_github_state(hot_redis)
         github.reset()
-        run = scenarios.budget(hot, github, requests_count=plan.budget_requests,
-                               spread_seconds=plan.budget_spread_seconds, distinct=False, latency_ms=300)
+        run = scenarios.budget(
+            hot,
+            github,
+            requests_count=plan.budget_requests,
+            spread_seconds=plan.budget_spread_seconds,
+            distinct=False,
+            latency_ms=300,
+        )
         budget[f"identical_{fetchers}_fetchers"] = run
         log(f"budget: {plan.budget_requests} identical requests, {fetchers} fetcher(s): {run}")
     fetchers = max(plan.budget_fetchers)
     forget_github_state(hot_redis)
     github.reset()
-    overflow = scenarios.budget(hot, github, requests_count=plan.overflow_requests, spread_seconds=0,
-                                distinct=True, latency_ms=300)
+    overflow = scenarios.budget(
+        hot, github, requests_count=plan.overflow_requests, spread_seconds=0, distinct=True, latency_ms=300
+    )
     budget["distinct_overflow"] = {"fetchers": fetchers, **overflow}
-    log(f"budget: {plan.overflow_requests} distinct requests ({plan.overflow_requests * 5} calls),"
-        f" {fetchers} fetchers: {overflow}")
+    log(
+        f"budget: {plan.overflow_requests} distinct requests ({plan.overflow_requests * 5} calls),"
+        f" {fetchers} fetchers: {overflow}"
+    )
     results["github_budget"] = budget
     forget_github_state(hot_redis)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a few reports per figure: proves the command works")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where to write the JSON")
-    parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379"),
-                        help="Redis server; the benchmark uses its databases 12 and 13")
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379"),
+        help="Redis server; the benchmark uses its databases 12 and 13",
+    )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     with tempfile.TemporaryDirectory(prefix="hotrepos-bench-") as temporary:

@@ -25,8 +25,7 @@ class Completion:
 class CompletionListener:
     """Consumes one queue (or a fresh exclusive queue bound to `bindings`) and records each report's end."""
 
-    def __init__(self, amqp_url: str, *, queue: str | None = None,
-                 bindings: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(self, amqp_url: str, *, queue: str | None = None, bindings: tuple[tuple[str, str], ...] = ()) -> None:
         self._lock = threading.Lock()
         self._done: dict[str, Completion] = {}
         self._waiters: dict[str, threading.Event] = {}
@@ -65,8 +64,7 @@ class CompletionListener:
         event = json.loads(body)
         data = event.get("data", event)  # hotrepos sends a CloudEvent, the baseline a plain object
         report_id = str(data.get("report_id"))
-        completion = Completion(report_id, arrived, event.get("type", "report.exported") != "report.failed",
-                                data)
+        completion = Completion(report_id, arrived, event.get("type", "report.exported") != "report.failed", data)
         with self._lock:
             self._done.setdefault(report_id, completion)
             waiter = self._waiters.get(report_id)

@@ -28,7 +28,10 @@ class FakeGitHubProcess:
     def start(self) -> FakeGitHubProcess:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "tests.fake_github", "--port", "0", "--today", self.today.isoformat()],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log_path.open("ab"), text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.log_path.open("ab"),
+            text=True,
         )
         assert self._process.stdout is not None
         line = self._process.stdout.readline()

@@ -52,17 +52,18 @@ def github_round_trip_ms(github: FakeGitHubProcess, samples: int = 7) -> float:
         started = time.perf_counter()
         response = session.get(
             f"{github.url}/search/repositories",
-            params={"q": f"created:>={since}", "sort": "stars", "order": "desc", "per_page": "100",
-                    "page": "1"},
-            headers={"Authorization": "Bearer bench-floor"}, timeout=30,
+            params={"q": f"created:>={since}", "sort": "stars", "order": "desc", "per_page": "100", "page": "1"},
+            headers={"Authorization": "Bearer bench-floor"},
+            timeout=30,
         )
         response.raise_for_status()
         durations.append((time.perf_counter() - started) * 1000)
     return round(statistics.median(durations), 1)
 
 
-def latency(systems: Sequence[System], github: FakeGitHubProcess, latency_ms: int, runs: int,
-            warmup: int = 2) -> dict[str, object]:
+def latency(
+    systems: Sequence[System], github: FakeGitHubProcess, latency_ms: int, runs: int, warmup: int = 2
+) -> dict[str, object]:
     """Single reports one at a time, the designs interleaved A B A B, so drift hits both alike."""
     github.configure(latency_ms=latency_ms, rate_limit_per_minute=None)
     for system in systems:
@@ -74,8 +75,11 @@ def latency(systems: Sequence[System], github: FakeGitHubProcess, latency_ms: in
             seconds, _ = one_report(system, f"lat{latency_ms}")
             samples[system.name].append(seconds * 1000)
     figures: dict[str, object] = {
-        name: {"p50_ms": round(percentile(values, 0.5), 1), "p95_ms": round(percentile(values, 0.95), 1),
-               "runs": len(values)}
+        name: {
+            "p50_ms": round(percentile(values, 0.5), 1),
+            "p95_ms": round(percentile(values, 0.95), 1),
+            "runs": len(values),
+        }
         for name, values in samples.items()
     }
     hot, base = samples["hotrepos"], samples["baseline"]
@@ -112,8 +116,9 @@ def burst(system: System, reports: int, tag: str) -> dict[str, float]:
     }
 
 
-def throughput(systems: Sequence[System], github: FakeGitHubProcess, reports: int, rounds: int,
-               warmup: int) -> tuple[dict[str, object], dict[str, object]]:
+def throughput(
+    systems: Sequence[System], github: FakeGitHubProcess, reports: int, rounds: int, warmup: int
+) -> tuple[dict[str, object], dict[str, object]]:
     """Bursts at 0 ms, interleaved per round; memory is sampled during each design's bursts."""
     github.configure(latency_ms=0, rate_limit_per_minute=None)
     for system in systems:
@@ -141,8 +146,15 @@ def throughput(systems: Sequence[System], github: FakeGitHubProcess, reports: in
     return figures, memory
 
 
-def budget(system: System, github: FakeGitHubProcess, *, requests_count: int, spread_seconds: float,
-           distinct: bool, latency_ms: int) -> dict[str, object]:
+def budget(
+    system: System,
+    github: FakeGitHubProcess,
+    *,
+    requests_count: int,
+    spread_seconds: float,
+    distinct: bool,
+    latency_ms: int,
+) -> dict[str, object]:
     """Many requests within a minute against a fake that enforces GitHub's search limit."""
     started = time.perf_counter()
     report_ids = [new_report_id("budget") for _ in range(requests_count)]

@@ -89,8 +89,16 @@ class HotreposSystem:
 
     name = "hotrepos"
 
-    def __init__(self, broker: Broker, redis_url: str, github: FakeGitHubProcess, workdir: Path,
-                 *, fetchers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        redis_url: str,
+        github: FakeGitHubProcess,
+        workdir: Path,
+        *,
+        fetchers: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.broker = broker
         self.vhost = broker.create_vhost("hotrepos-bench")
         self.amqp_url = broker.amqp_url(self.vhost)
@@ -108,15 +116,15 @@ class HotreposSystem:
         self.fetchers: list[ServiceProcess] = []
         self._fetcher_env: dict[str, str] = {}
         self._started_fetchers = 0
-        self.services = [ServiceProcess(name, self._env, self._log_dir).start()
-                         for name in ("aggregator", "exporter", "notifier")]
+        self.services = [
+            ServiceProcess(name, self._env, self._log_dir).start() for name in ("aggregator", "exporter", "notifier")
+        ]
         self.services.append(ServiceProcess("fetcher-beat", self._env, self._log_dir, ("beat",)).start())
         try:
             self.set_fetchers(fetchers, env or {})
             wait_for_consumers(
                 self.amqp_url,
-                {"aggregator.report.page.fetched": 1, "exporter.report.aggregated": 1,
-                 "notifier.report.exported": 1},
+                {"aggregator.report.page.fetched": 1, "exporter.report.aggregated": 1, "notifier.report.exported": 1},
                 self.services,
             )
             self.listener = CompletionListener(
@@ -142,24 +150,29 @@ class HotreposSystem:
             self._started_fetchers += 1
             name = f"fetcher-{self._started_fetchers}"
             self.fetchers.append(ServiceProcess(name, {**self._env, **env}, self._log_dir).start())
-        wait_for_consumers(self.amqp_url, {"fetcher.report.requested": count, "fetcher.tasks": count},
-                           self.fetchers)
+        wait_for_consumers(self.amqp_url, {"fetcher.report.requested": count, "fetcher.tasks": count}, self.fetchers)
 
     def request(self, report_id: str, ref_date: dt.date | None = None) -> None:
         data: dict[str, str] = {"report_id": report_id, "period": PERIOD, "layout": LAYOUT}
         if ref_date is not None:
             data["ref_date"] = ref_date.isoformat()
-        event = {"specversion": "1.0", "id": str(uuid.uuid4()), "type": "report.requested",
-                 "source": "bench", "datacontenttype": "application/json", "data": data}
+        event = {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "type": "report.requested",
+            "source": "bench",
+            "datacontenttype": "application/json",
+            "data": data,
+        }
         self._channel.basic_publish(
-            "hotrepos.events", "report.requested", json.dumps(event).encode(),
-            pika.BasicProperties(content_type="application/cloudevents+json", delivery_mode=2,
-                                 message_id=event["id"]),
+            "hotrepos.events",
+            "report.requested",
+            json.dumps(event).encode(),
+            pika.BasicProperties(content_type="application/cloudevents+json", delivery_mode=2, message_id=event["id"]),
         )
 
     def processes(self) -> dict[str, int]:
-        return {s.name: s.process.pid for s in [*self.fetchers, *self.services]
-                if s.process is not None and s.alive}
+        return {s.name: s.process.pid for s in [*self.fetchers, *self.services] if s.process is not None and s.alive}
 
     def stop(self) -> None:
         listener = getattr(self, "listener", None)
@@ -177,8 +190,15 @@ class BaselineSystem:
 
     name = "baseline"
 
-    def __init__(self, broker: Broker, redis_url: str, github: FakeGitHubProcess, workdir: Path,
-                 *, concurrency: int | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        redis_url: str,
+        github: FakeGitHubProcess,
+        workdir: Path,
+        *,
+        concurrency: int | None = None,
+    ) -> None:
         self.broker = broker
         self.vhost = broker.create_vhost("hotrepos-bench-baseline")
         self.amqp_url = broker.amqp_url(self.vhost)
@@ -230,5 +250,5 @@ def forget_results(redis_url: str) -> None:
     for pattern in ("celery-task-meta-*", "celery-taskset-meta-*", "chord-unlock-*"):
         keys = list(client.scan_iter(pattern, count=1000))
         for start in range(0, len(keys), 500):
-            client.delete(*keys[start:start + 500])
+            client.delete(*keys[start : start + 500])
     client.close()

@@ -16,9 +16,7 @@ COMMAND_MODULES = [cancel, dlq, publish, request, schemas, tail, asyncapi, logs]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hotrepos", description="hotrepos: GitHub's hottest new repositories"
-    )
+    parser = argparse.ArgumentParser(prog="hotrepos", description="hotrepos: GitHub's hottest new repositories")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.register(subparsers)

@@ -48,7 +48,7 @@ def with_topology(readme: str) -> str:
     end = readme.find(END_MARKER)
     if start < 0 or end < start:
         raise ValueError(f"the README has no {BEGIN_MARKER!r} ... {END_MARKER!r} block")
-    return readme[:start] + render_topology_block() + readme[end + len(END_MARKER):]
+    return readme[:start] + render_topology_block() + readme[end + len(END_MARKER) :]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
     stale = [path for path, text in wanted.items() if not path.exists() or path.read_text("utf-8") != text]
     if args.check:
         for path in stale:
-            print(f"hotrepos asyncapi: {path} differs from the contract in shared/; run `hotrepos asyncapi`",
-                  file=sys.stderr)
+            print(
+                f"hotrepos asyncapi: {path} differs from the contract in shared/; run `hotrepos asyncapi`",
+                file=sys.stderr,
+            )
         return 1 if stale else 0
     for path in stale:
         path.parent.mkdir(parents=True, exist_ok=True)

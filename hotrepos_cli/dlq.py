@@ -124,15 +124,27 @@ def dlq_replay(args: argparse.Namespace, connection: Connection) -> int:
                 # Back to the one queue it died in, not to every subscriber of its event again.
                 exchange, routing_key = REDELIVER.name, WORK_QUEUE_OF_DLQ[queue]
             headers = {
-                k: v for k, v in (message.headers or {}).items()
-                if k not in (REASON_HEADER, RETRIES_HEADER, "x-death", "x-first-death-exchange",
-                             "x-first-death-queue", "x-first-death-reason", "x-delivery-count")
+                k: v
+                for k, v in (message.headers or {}).items()
+                if k
+                not in (
+                    REASON_HEADER,
+                    RETRIES_HEADER,
+                    "x-death",
+                    "x-first-death-exchange",
+                    "x-first-death-queue",
+                    "x-first-death-reason",
+                    "x-delivery-count",
+                )
             }
             body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
             # Confirmed first, acked after: a crash in between replays twice, never loses one.
             publisher.publish_raw(
-                body, exchange=exchange, routing_key=routing_key,
-                message_id=message.properties.get("message_id"), headers=headers,
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                message_id=message.properties.get("message_id"),
+                headers=headers,
                 content_type=message.content_type or "application/octet-stream",
             )
             message.ack()

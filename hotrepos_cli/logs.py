@@ -78,7 +78,5 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("logs", help="print every log line about one report, in time order")
     parser.add_argument("report_id")
     default = os.environ.get("LOG_DIR")
-    parser.add_argument(
-        "--log-dir", type=Path, default=Path(default) if default else None, help="default: LOG_DIR"
-    )
+    parser.add_argument("--log-dir", type=Path, default=Path(default) if default else None, help="default: LOG_DIR")
     parser.set_defaults(handler=print_report_logs)

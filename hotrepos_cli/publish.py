@@ -59,10 +59,11 @@ def publish(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "publish", help="publish an event of the contract, validated against its schema",
+        "publish",
+        help="publish an event of the contract, validated against its schema",
         description="Publish one CloudEvent. report.* events go to hotrepos.events, alert.raised to "
-                    "hotrepos.alerts, report.cancel.requested to hotrepos.control. Data that fails the "
-                    "event's schema is refused (exit status 2) and nothing is published.",
+        "hotrepos.alerts, report.cancel.requested to hotrepos.control. Data that fails the "
+        "event's schema is refused (exit status 2) and nothing is published.",
     )
     parser.add_argument("routing_key", metavar="ROUTING_KEY", help="the event type, e.g. report.requested")
     parser.add_argument("--data", required=True, help="the event's data as JSON, or - to read it from stdin")

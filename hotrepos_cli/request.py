@@ -98,8 +98,11 @@ class _Display:
         self._task: TaskID | None = None
         if console.is_terminal:
             self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(), console=console,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=console,
             )
 
     def __enter__(self) -> _Display:
@@ -110,8 +113,9 @@ class _Display:
 
     def update(self) -> None:
         if self._bar is not None and self._task is not None:
-            self._bar.update(self._task, description=self._report.describe(), completed=self._report.done,
-                             total=self._report.steps)
+            self._bar.update(
+                self._task, description=self._report.describe(), completed=self._report.done, total=self._report.steps
+            )
         else:
             self._console.print(self._report.describe(), soft_wrap=True, highlight=False)
 
@@ -121,8 +125,9 @@ class _Display:
 
 
 def _order(args: argparse.Namespace, report_id: str) -> tuple[ReportRequested, str | None]:
-    order = ReportRequested(report_id=report_id, period=args.period, ref_date=args.ref_date,
-                            notify=args.notify, layout=args.layout)
+    order = ReportRequested(
+        report_id=report_id, period=args.period, ref_date=args.ref_date, notify=args.notify, layout=args.layout
+    )
     return order, _locales.validate_python(args.locale) if args.locale else None
 
 
@@ -162,8 +167,10 @@ def _follow(inbox: Inbox, progress: ReportProgress, console: Console, timeout: f
         while progress.outcome is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                console.print(f"hotrepos request: no outcome for {progress.report_id} after {timeout:g}s; "
-                              "it may still finish", highlight=False)
+                console.print(
+                    f"hotrepos request: no outcome for {progress.report_id} after {timeout:g}s; it may still finish",
+                    highlight=False,
+                )
                 return EXIT_TIMEOUT
             message = inbox.next(timeout=min(remaining, 1.0))
             if message is None:
@@ -180,9 +187,10 @@ def _follow(inbox: Inbox, progress: ReportProgress, console: Console, timeout: f
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "request", help="ask for a report; with --wait, follow it and print the CSV's path",
+        "request",
+        help="ask for a report; with --wait, follow it and print the CSV's path",
         description="Publish report.requested. Exit status with --wait: 0 exported (the CSV's path is "
-                    "printed), 1 failed, 2 invalid arguments, 3 timed out.",
+        "printed), 1 failed, 2 invalid arguments, 3 timed out.",
     )
     parser.add_argument("--period", required=True, choices=get_args(Period))
     parser.add_argument("--ref-date", type=dt.date.fromisoformat, help="YYYY-MM-DD; default today in UTC")

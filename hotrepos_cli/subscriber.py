@@ -39,9 +39,7 @@ class Inbox:
 
 
 @contextmanager
-def subscribe(
-    connection: Connection, binding_keys: Sequence[str], exchange: Exchange = EVENTS
-) -> Iterator[Inbox]:
+def subscribe(connection: Connection, binding_keys: Sequence[str], exchange: Exchange = EVENTS) -> Iterator[Inbox]:
     """A server-named queue that lives as long as this connection and touches no service's queue."""
     channel = connection.channel()
     queue = Queue(

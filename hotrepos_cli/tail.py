@@ -58,8 +58,11 @@ def tail(args: argparse.Namespace) -> int:
     settings = load_settings(CommonSettings)
     seen = 0
     with connect(settings) as connection, subscribe(connection, [args.pattern]) as inbox:
-        print(f"hotrepos tail: listening on hotrepos.events for {args.pattern!r} (Ctrl-C stops)",
-              file=sys.stderr, flush=True)
+        print(
+            f"hotrepos tail: listening on hotrepos.events for {args.pattern!r} (Ctrl-C stops)",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             while args.count is None or seen < args.count:
                 message = inbox.next(timeout=1.0)
@@ -67,8 +70,10 @@ def tail(args: argparse.Namespace) -> int:
                     continue
                 event, data = decode(message)
                 if args.json:
-                    print(message.body.decode(errors="replace") if isinstance(message.body, bytes)
-                          else message.body, flush=True)
+                    print(
+                        message.body.decode(errors="replace") if isinstance(message.body, bytes) else message.body,
+                        flush=True,
+                    )
                 else:
                     print(line_of(message, event, data), flush=True)
                 seen += 1
@@ -79,12 +84,18 @@ def tail(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "tail", help="print the events that match a topic pattern, as they pass",
+        "tail",
+        help="print the events that match a topic pattern, as they pass",
         description="Binds an exclusive queue of its own to hotrepos.events: the services' queues are "
-                    "left alone, and the queue goes away with the command.",
+        "left alone, and the queue goes away with the command.",
     )
-    parser.add_argument("pattern", nargs="?", default="#", metavar="PATTERN",
-                        help="AMQP topic pattern: * one word, # any words (default #)")
+    parser.add_argument(
+        "pattern",
+        nargs="?",
+        default="#",
+        metavar="PATTERN",
+        help="AMQP topic pattern: * one word, # any words (default #)",
+    )
     parser.add_argument("--json", action="store_true", help="print each event's JSON as it came")
     parser.add_argument("--count", type=int, help="stop after this many events")
     parser.set_defaults(handler=tail)

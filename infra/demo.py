@@ -51,8 +51,9 @@ def main() -> int:
     parser.add_argument("--notify", default="you@example.com")
     parser.add_argument("--var", type=Path, default=ROOT / "var" / "demo")
     parser.add_argument("--port", type=int, default=8000, help="the web page's port")
-    parser.add_argument("--serve", action="store_true",
-                        help="afterwards, keep the stack and its web page running until Ctrl-C")
+    parser.add_argument(
+        "--serve", action="store_true", help="afterwards, keep the stack and its web page running until Ctrl-C"
+    )
     args = parser.parse_args()
 
     amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -81,8 +82,13 @@ def main() -> int:
             print("demo: starting fetcher, aggregator, exporter, notifier, beat and gateway ...", flush=True)
             wait_for_consumers(
                 params,
-                ["fetcher.report.requested", "aggregator.report.page.fetched",
-                 "exporter.report.aggregated", "notifier.report.exported", "gateway.report.progress"],
+                [
+                    "fetcher.report.requested",
+                    "aggregator.report.page.fetched",
+                    "exporter.report.aggregated",
+                    "notifier.report.exported",
+                    "gateway.report.progress",
+                ],
                 timeout=90,
             )
             connection = pika.BlockingConnection(params)
@@ -98,14 +104,16 @@ def main() -> int:
                 "source": "demo/pika",
                 "datacontenttype": "application/json",
                 "locale": args.locale,
-                "data": {"report_id": report_id, "period": args.period, "layout": args.layout,
-                         "notify": args.notify},
+                "data": {"report_id": report_id, "period": args.period, "layout": args.layout, "notify": args.notify},
             }
             channel.confirm_delivery()
             channel.basic_publish(
-                "hotrepos.events", "report.requested", json.dumps(event).encode(),
-                pika.BasicProperties(content_type="application/cloudevents+json", delivery_mode=2,
-                                     message_id=event["id"]),
+                "hotrepos.events",
+                "report.requested",
+                json.dumps(event).encode(),
+                pika.BasicProperties(
+                    content_type="application/cloudevents+json", delivery_mode=2, message_id=event["id"]
+                ),
             )
             print(f"demo: published report.requested {report_id} ({args.period}, {args.layout})", flush=True)
             outcome = _wait_outcome(channel, outcome_queue, report_id, timeout=120)

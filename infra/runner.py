@@ -137,8 +137,9 @@ class Stack:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.runner", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.runner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("scale", nargs="*", help="replicas per service, e.g. fetcher=3 aggregator=2")
     parser.add_argument("--env-file", type=Path, default=ROOT / ".env")
     parser.add_argument("--offline", action="store_true", help="serve the bundled fake GitHub and use it")
@@ -151,13 +152,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.offline:
         port = env.get("FAKE_GITHUB_PORT", "9000")
         env["GITHUB_API_URL"] = f"http://127.0.0.1:{port}"
-        helpers.append(Managed("fake-github", [sys.executable, "-m", "tests.fake_github", "--port", port],
-                               {**os.environ, "PYTHONUNBUFFERED": "1"}))
+        helpers.append(
+            Managed(
+                "fake-github",
+                [sys.executable, "-m", "tests.fake_github", "--port", port],
+                {**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        )
     if args.mail_sink:
         env.setdefault("SMTP_HOST", "127.0.0.1")
         env.setdefault("SMTP_PORT", "1025")
-        helpers.append(Managed("mail-sink", [sys.executable, "-m", "infra.mail_sink", "--port", env["SMTP_PORT"]],
-                               {**os.environ, "PYTHONUNBUFFERED": "1"}))
+        helpers.append(
+            Managed(
+                "mail-sink",
+                [sys.executable, "-m", "infra.mail_sink", "--port", env["SMTP_PORT"]],
+                {**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        )
     for helper in helpers:
         helper.start(sys.stdout)
     stack = Stack(env=env, scale=parse_scale(args.scale), with_gateway=args.gateway)

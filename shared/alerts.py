@@ -71,9 +71,7 @@ class AlertHandler(logging.Handler):
         event: dict[str, Any] = record.msg if isinstance(record.msg, dict) else {}
         message = str(event.get("event", "")) if event else record.getMessage()
         details = {
-            k: v
-            for k, v in event.items()
-            if k not in ("event", "exc_info", "timestamp", "level", "logger", "service")
+            k: v for k, v in event.items() if k not in ("event", "exc_info", "timestamp", "level", "logger", "service")
         }
         if details:
             message += " " + " ".join(f"{k}={v}" for k, v in sorted(details.items()))

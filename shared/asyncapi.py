@@ -74,9 +74,7 @@ EXAMPLES: dict[str, EventData] = {
     "report.requested": ReportRequested(
         report_id=_REPORT_ID, period="week", ref_date=dt.date(2026, 11, 22), notify="reader@example.com"
     ),
-    "report.page.fetched": ReportPageFetched(
-        report_id=_REPORT_ID, page=1, pages=5, spec=_SPEC, items=[_REPOSITORY]
-    ),
+    "report.page.fetched": ReportPageFetched(report_id=_REPORT_ID, page=1, pages=5, spec=_SPEC, items=[_REPOSITORY]),
     "report.aggregated": ReportAggregated(
         report_id=_REPORT_ID,
         spec=_SPEC,
@@ -311,9 +309,7 @@ def _schemas() -> dict[str, Any]:
     return dict(sorted(top.get("$defs", {}).items()))
 
 
-def _operation(
-    action: str, channel: str, event_types: list[str], actor: str, summary: str
-) -> dict[str, Any]:
+def _operation(action: str, channel: str, event_types: list[str], actor: str, summary: str) -> dict[str, Any]:
     amqp: dict[str, Any] = {"bindingVersion": AMQP_BINDING_VERSION}
     if action == "send":
         amqp["deliveryMode"] = 2
@@ -396,8 +392,7 @@ DESCRIPTION = (
     "(W3C trace context: the CloudEvents distributed-tracing extension); they are also copied into\n"
     "AMQP headers. The context of the event being handled is copied into every event published\n"
     "while handling it, so one report is one correlation id and one trace.\n\n"
-    "Exchanges:\n"
-    + "".join(f"- `{e.name}` ({e.type}): {_ROLES.get(e.name, 'see its channels')}\n" for e in EXCHANGES)
+    "Exchanges:\n" + "".join(f"- `{e.name}` ({e.type}): {_ROLES.get(e.name, 'see its channels')}\n" for e in EXCHANGES)
 )
 
 

@@ -32,7 +32,8 @@ class EventContext:  # frozen, hence safe as a ContextVar default
 
 
 _current: contextvars.ContextVar[EventContext] = contextvars.ContextVar(
-    "hotrepos_event_context", default=EventContext()  # noqa: B039
+    "hotrepos_event_context",
+    default=EventContext(),  # noqa: B039
 )
 
 

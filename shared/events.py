@@ -69,9 +69,7 @@ class ReportSpec(EventData):
 class ReportRequested(EventData):
     """Someone asked for a report."""
 
-    report_id: ReportId | None = Field(
-        default=None, description="Defaults to the event's id when absent"
-    )
+    report_id: ReportId | None = Field(default=None, description="Defaults to the event's id when absent")
     period: Period
     ref_date: dt.date | None = Field(default=None, description="Defaults to today in UTC")
     notify: EmailStr | None = None
@@ -189,9 +187,7 @@ class CloudEvent(BaseModel):
     data: Any = None
     correlationid: str | None = Field(default=None, max_length=64)
     locale: Locale | None = None
-    traceparent: str | None = Field(
-        default=None, pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
-    )
+    traceparent: str | None = Field(default=None, pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
     def data_as(self, model: builtins.type[EventData]) -> EventData:
         return model.model_validate(self.data)

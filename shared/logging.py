@@ -89,9 +89,7 @@ def configure_logging(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             # Without frame locals: they would carry emails and payloads into logs and alert emails.
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-            ),
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
             structlog.processors.JSONRenderer(),
         ],
     )
@@ -114,14 +112,10 @@ def configure_logging(
     for noisy in ("amqp", "kombu", "celery.worker.strategy", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
-    def log_unhandled(
-        exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
-    ) -> None:
+    def log_unhandled(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         if issubclass(exc_type, KeyboardInterrupt):
             return
-        logging.getLogger(f"hotrepos.{service}").critical(
-            "unhandled exception", exc_info=(exc_type, exc, tb)
-        )
+        logging.getLogger(f"hotrepos.{service}").critical("unhandled exception", exc_info=(exc_type, exc, tb))
 
     def log_unhandled_in_thread(args: threading.ExceptHookArgs) -> None:
         if args.exc_value is not None:

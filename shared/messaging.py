@@ -62,9 +62,7 @@ def connect(settings: CommonSettings, *, heartbeat: int = 30) -> Connection:
     """A broker connection with publisher confirms, heartbeats and, for amqps://, TLS from settings."""
     ssl_options: dict[str, Any] | bool = False
     if settings.amqp_url.startswith("amqps://"):
-        context = ssl.create_default_context(
-            cafile=str(settings.amqp_ca_file) if settings.amqp_ca_file else None
-        )
+        context = ssl.create_default_context(cafile=str(settings.amqp_ca_file) if settings.amqp_ca_file else None)
         if settings.amqp_cert_file:
             context.load_cert_chain(
                 str(settings.amqp_cert_file),
@@ -209,8 +207,9 @@ class Publisher:
                 raise
             # Not a broker outage: this user may not publish there, and retrying cannot change that.
             name = exchange.name if isinstance(exchange, Exchange) else exchange
-            log.error("publish.refused", exchange=name or DEFAULT_EXCHANGE_NAME, routing_key=routing_key,
-                      reason=str(exc))
+            log.error(
+                "publish.refused", exchange=name or DEFAULT_EXCHANGE_NAME, routing_key=routing_key, reason=str(exc)
+            )
             raise PublishRefused(
                 f"broker refused publishing to {name or DEFAULT_EXCHANGE_NAME!r} with routing key "
                 f"{routing_key!r}: {exc}"
@@ -515,9 +514,7 @@ def _summarise(exc: ValidationError) -> str:
 class ServiceConsumer(ConsumerMixin):
     """Consumes a service's queues with one MessageHandler each; reconnects with backoff."""
 
-    def __init__(
-        self, connection: Connection, handlers: Iterable[MessageHandler], *, prefetch_count: int = 16
-    ) -> None:
+    def __init__(self, connection: Connection, handlers: Iterable[MessageHandler], *, prefetch_count: int = 16) -> None:
         self.connection = connection
         self.handlers = list(handlers)
         self.prefetch_count = prefetch_count

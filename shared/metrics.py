@@ -12,13 +12,9 @@ from prometheus_client import Counter, Gauge, Histogram
 if TYPE_CHECKING:
     from shared.events import CloudEvent
 
-EVENTS_CONSUMED = Counter(
-    "hotrepos_events_consumed_total", "Events consumed, by type and outcome", ["type", "outcome"]
-)
+EVENTS_CONSUMED = Counter("hotrepos_events_consumed_total", "Events consumed, by type and outcome", ["type", "outcome"])
 EVENTS_PUBLISHED = Counter("hotrepos_events_published_total", "Events published, by type", ["type"])
-HANDLER_SECONDS = Histogram(
-    "hotrepos_handler_duration_seconds", "Time spent handling one event, by type", ["type"]
-)
+HANDLER_SECONDS = Histogram("hotrepos_handler_duration_seconds", "Time spent handling one event, by type", ["type"])
 GITHUB_REQUESTS = Counter("hotrepos_github_requests_total", "GitHub API requests, by status", ["status"])
 GITHUB_RATE_LIMIT_REMAINING = Gauge(
     "hotrepos_github_rate_limit_remaining", "X-RateLimit-Remaining of the last GitHub answer"

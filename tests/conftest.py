@@ -80,6 +80,7 @@ def pipeline(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Pipeline]:
     """All four pipeline services as processes, on a vhost of their own, shared by a test module."""
-    with running_pipeline(broker, redis_url, module_fake_github.url, module_smtp_sink.port,
-                          tmp_path_factory.mktemp("pipeline"), TODAY) as running:
+    with running_pipeline(
+        broker, redis_url, module_fake_github.url, module_smtp_sink.port, tmp_path_factory.mktemp("pipeline"), TODAY
+    ) as running:
         yield running

@@ -65,8 +65,13 @@ def register_tasks(app: Celery, *, github_url: str, token: str | None, reports_d
     def fetch_page(since: str, page: int) -> list[dict[str, Any]]:
         response = requests.get(
             f"{github_url}/search/repositories",
-            params={"q": f"created:>={since}", "sort": "stars", "order": "desc",
-                    "per_page": str(PER_PAGE), "page": str(page)},
+            params={
+                "q": f"created:>={since}",
+                "sort": "stars",
+                "order": "desc",
+                "per_page": str(PER_PAGE),
+                "page": str(page),
+            },
             headers=headers,
             timeout=(5, 30),
         )
@@ -82,19 +87,22 @@ def register_tasks(app: Celery, *, github_url: str, token: str | None, reports_d
         reports_dir.mkdir(parents=True, exist_ok=True)
         path = reports_dir / f"baseline-{period}-{since}-{report_id}.csv"
         path.write_bytes(content)
-        done = {"report_id": report_id, "path": str(path), "rows": rows,
-                "sha256": hashlib.sha256(content).hexdigest()}
+        done = {"report_id": report_id, "path": str(path), "rows": rows, "sha256": hashlib.sha256(content).hexdigest()}
         with app.producer_or_acquire() as producer:
-            producer.publish(json.dumps(done), exchange="", routing_key=DONE_QUEUE,
-                             content_type="application/json", declare=[Queue(DONE_QUEUE)])
+            producer.publish(
+                json.dumps(done),
+                exchange="",
+                routing_key=DONE_QUEUE,
+                content_type="application/json",
+                declare=[Queue(DONE_QUEUE)],
+            )
         return str(path)
 
 
 def request_report(app: Celery, report_id: str, period: str, since: str) -> None:
     """What the original client did: fan out the pages, join them into the CSV task."""
     header = [app.signature(FETCH_PAGE, args=(since, page)) for page in range(1, PAGES + 1)]
-    chord(header)(app.signature(BUILD_CSV, kwargs={"report_id": report_id, "period": period,
-                                                    "since": since}))
+    chord(header)(app.signature(BUILD_CSV, kwargs={"report_id": report_id, "period": period, "since": since}))
 
 
 def render_by_language(pages: Iterable[Iterable[dict[str, Any]]]) -> tuple[bytes, int]:

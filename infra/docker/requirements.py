@@ -63,8 +63,11 @@ def read_lock(path: Path = LOCK_FILE) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.docker.requirements", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.docker.requirements",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--check", action="store_true", help="fail if the lock is stale")
     args = parser.parse_args(argv)
     expected = render_lock(locked_versions(project_requirements()))

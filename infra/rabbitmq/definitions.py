@@ -79,8 +79,6 @@ def password_variable(user: str) -> str:
     return "RABBITMQ_PASSWORD_" + re.sub(r"[^A-Za-z0-9]", "_", user).upper()
 
 
-
-
 def grant_for(service: str) -> Grant:
     """Derive a service's permissions from what it declares, binds, consumes and publishes."""
     grant = Grant(service)
@@ -160,9 +158,7 @@ def build_definitions(
     topic_permissions: list[dict[str, str]] = []
     if with_admin:
         users.append(_user(ADMIN, ["administrator"]))
-        permissions.append(
-            {"user": ADMIN, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
-        )
+        permissions.append({"user": ADMIN, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"})
     for service in principals():
         grant = grant_for(service)
         user = names[service]
@@ -279,9 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.deploy:
         committed = json.loads(DEFINITIONS_FILE.read_text(encoding="utf-8"))
-        passwords = {
-            user["name"]: os.environ.get(password_variable(user["name"]), "") for user in committed["users"]
-        }
+        passwords = {user["name"]: os.environ.get(password_variable(user["name"]), "") for user in committed["users"]}
         try:
             rendered = with_passwords(committed, passwords)
         except KeyError as exc:

@@ -20,9 +20,8 @@ def main() -> None:
         {
             AGGREGATOR_PAGE_FETCHED: {
                 "report.page.fetched": Route(
-                    partial(
-                        handle_report_page_fetched, pages=pages, cancellations=runtime.cancellations
-                    ), fails_report_as="aggregate"
+                    partial(handle_report_page_fetched, pages=pages, cancellations=runtime.cancellations),
+                    fails_report_as="aggregate",
                 )
             }
         },

@@ -25,9 +25,7 @@ def main() -> None:
         cancellations=runtime.cancellations,
         outcomes=runtime.outcomes,
     )
-    run_consumers(
-        runtime, {EXPORTER_AGGREGATED: {"report.aggregated": Route(handler, fails_report_as="export")}}
-    )
+    run_consumers(runtime, {EXPORTER_AGGREGATED: {"report.aggregated": Route(handler, fails_report_as="export")}})
 
 
 if __name__ == "__main__":

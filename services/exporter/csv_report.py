@@ -52,9 +52,7 @@ def render_rows(report: ReportAggregated) -> tuple[bytes, int]:
 
 def render_by_language(report: ReportAggregated) -> tuple[bytes, int]:
     """The original layout: one row per language, then its repositories' full names by stars."""
-    return _write(
-        [group.language, *(repo.full_name for repo in group.repositories)] for group in report.languages
-    )
+    return _write([group.language, *(repo.full_name for repo in group.repositories)] for group in report.languages)
 
 
 def render(report: ReportAggregated) -> tuple[bytes, int]:

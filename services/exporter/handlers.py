@@ -50,8 +50,6 @@ def handle_report_aggregated(
         layout=event.spec.layout,
         spec=event.spec,
         repositories=event.total,
-        top_languages=[
-            LanguageCount(language=g.language, count=len(g.repositories)) for g in by_size[:TOP_LANGUAGES]
-        ],
+        top_languages=[LanguageCount(language=g.language, count=len(g.repositories)) for g in by_size[:TOP_LANGUAGES]],
     )
     return [Outgoing(exported, event_id=derived_event_id(event.report_id, "exported"))]

@@ -72,9 +72,7 @@ def main() -> None:
         else None,
         read_timeout=settings.github_read_timeout_seconds,
     )
-    policy = RetryPolicy(
-        max_attempts=settings.fetch_max_attempts, base_delay=settings.fetch_retry_base_seconds
-    )
+    policy = RetryPolicy(max_attempts=settings.fetch_max_attempts, base_delay=settings.fetch_retry_base_seconds)
     register_tasks(
         app,
         github=github,

@@ -50,8 +50,14 @@ def github_scope(api_url: str, token: str | None) -> str:
 
 
 class RedisPageCache:
-    def __init__(self, redis_client: Any, fresh_seconds: float, *, retain_seconds: float = RETAIN_SECONDS,
-                 lead_seconds: float = LEAD_SECONDS) -> None:
+    def __init__(
+        self,
+        redis_client: Any,
+        fresh_seconds: float,
+        *,
+        retain_seconds: float = RETAIN_SECONDS,
+        lead_seconds: float = LEAD_SECONDS,
+    ) -> None:
         self.fresh_seconds = fresh_seconds
         self._redis = redis_client
         self._retain_ms = int(max(retain_seconds, fresh_seconds) * 1000)

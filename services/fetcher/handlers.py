@@ -76,9 +76,7 @@ def handle_report_requested(
         return [failed(report_id, "request", reason, spec)]
     if ledger.already_scheduled(report_id):
         return []
-    fetches.schedule(
-        [PageFetch(report_id, page, PAGES_PER_REPORT, spec) for page in range(1, PAGES_PER_REPORT + 1)]
-    )
+    fetches.schedule([PageFetch(report_id, page, PAGES_PER_REPORT, spec) for page in range(1, PAGES_PER_REPORT + 1)])
     ledger.mark_scheduled(report_id)
     return []
 

@@ -66,8 +66,9 @@ class RedisRequestBudget:
 
     def take(self) -> Grant:
         slot = uuid.uuid4().hex
-        wait_ms = int(self._take(keys=[self._log_key, self._blocked_key],
-                                 args=[self.limit_per_minute, self._window_ms, slot]))
+        wait_ms = int(
+            self._take(keys=[self._log_key, self._blocked_key], args=[self.limit_per_minute, self._window_ms, slot])
+        )
         return Grant(slot, 0.0) if wait_ms == 0 else Grant(None, wait_ms / 1000)
 
     def refund(self, slot: str) -> None:

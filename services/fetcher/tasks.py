@@ -182,8 +182,9 @@ def register_tasks(
                 else:
                     outcome = fetch_page(fetch, attempt, github=github, policy=policy, rng=rng)
                 if isinstance(outcome, Retry):
-                    log.warning("fetch.retry", reason=outcome.reason, attempt=attempt + 1,
-                                countdown=round(outcome.countdown, 2))
+                    log.warning(
+                        "fetch.retry", reason=outcome.reason, attempt=attempt + 1, countdown=round(outcome.countdown, 2)
+                    )
                     raise self.retry(countdown=outcome.countdown, confirm_timeout=CONFIRM_TIMEOUT_SECONDS)
                 try:
                     _publish(publisher, outcomes, outcome)
@@ -191,9 +192,11 @@ def register_tasks(
                     raise
                 except Exception as exc:
                     if isinstance(outcome.data, ReportFailed) and decided_failure is None:
-                        raise self.retry(args=[payload, context, outcome.data.reason],
-                                         countdown=min(60.0, policy.backoff(attempt, rng) + 1),
-                                         confirm_timeout=CONFIRM_TIMEOUT_SECONDS) from exc
+                        raise self.retry(
+                            args=[payload, context, outcome.data.reason],
+                            countdown=min(60.0, policy.backoff(attempt, rng) + 1),
+                            confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
+                        ) from exc
                     raise
             except CeleryRetry:
                 raise
@@ -211,8 +214,9 @@ def register_tasks(
                         _publish(publisher, outcomes, failed(fetch.report_id, "fetch", reason, fetch.spec))
                     raise Reject(str(exc), requeue=False) from exc
                 log.warning("fetch.unexpected_error", error=f"{type(exc).__name__}: {exc}", attempt=attempt + 1)
-                raise self.retry(countdown=min(60.0, policy.backoff(attempt, rng) + 1),
-                                 confirm_timeout=CONFIRM_TIMEOUT_SECONDS) from exc
+                raise self.retry(
+                    countdown=min(60.0, policy.backoff(attempt, rng) + 1), confirm_timeout=CONFIRM_TIMEOUT_SECONDS
+                ) from exc
             log.info("fetch.done", published=type(outcome.data).__name__)
 
 
@@ -237,8 +241,13 @@ def consumer_step(handlers: list[MessageHandler]) -> type[bootsteps.ConsumerStep
         def get_consumers(self, channel: Any) -> list[Consumer]:
             return [
                 # A prefetch bound, as every other service has: a backlog spreads across replicas.
-                Consumer(channel, queues=[handler.subscription.queue()], on_message=handler, accept=None,
-                         prefetch_count=EVENT_PREFETCH)
+                Consumer(
+                    channel,
+                    queues=[handler.subscription.queue()],
+                    on_message=handler,
+                    accept=None,
+                    prefetch_count=EVENT_PREFETCH,
+                )
                 for handler in handlers
             ]
 

@@ -265,35 +265,47 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
     def not_found(report_id: str, what: str = "report") -> JSONResponse:
         return JSONResponse({"detail": f"no {what} for report {report_id!r}"}, status_code=404)
 
-    @app.post("/api/reports", status_code=202, response_model=ReportAccepted, tags=["reports"],
-              responses={422: {"description": "A field is invalid"}, 503: {"description": "Retry later"}})
+    @app.post(
+        "/api/reports",
+        status_code=202,
+        response_model=ReportAccepted,
+        tags=["reports"],
+        responses={422: {"description": "A field is invalid"}, 503: {"description": "Retry later"}},
+    )
     def request_report(
         order: ReportOrder,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1,
-                                                      max_length=255)] = None,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
         accept_language: Annotated[str | None, Header(alias="Accept-Language")] = None,
     ) -> JSONResponse:
         """Queue a report: publishes report.requested and answers at once with where to follow it."""
         today = deps.today()
         if order.ref_date is not None and order.ref_date > today:
-            raise RequestValidationError([{
-                "type": "value_error",
-                "loc": ("body", "ref_date"),
-                "msg": f"Value error, must not be in the future (today is {today.isoformat()} UTC)",
-                "input": order.ref_date.isoformat(),
-            }])
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("body", "ref_date"),
+                        "msg": f"Value error, must not be in the future (today is {today.isoformat()} UTC)",
+                        "input": order.ref_date.isoformat(),
+                    }
+                ]
+            )
         locale = order.locale or locale_from_accept_language(accept_language)
         request_hash = _hash_of(order, locale)
         request = IdempotentRequest(report_id=uuid.uuid4().hex, request_hash=request_hash)
         if idempotency_key is not None:
             request = deps.idempotency.claim(idempotency_key, request)
             if request.request_hash != request_hash:
-                raise RequestValidationError([{
-                    "type": "value_error",
-                    "loc": ("header", "Idempotency-Key"),
-                    "msg": "Value error, already used for a different request",
-                    "input": idempotency_key,
-                }])
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "value_error",
+                            "loc": ("header", "Idempotency-Key"),
+                            "msg": "Value error, already used for a different request",
+                            "input": idempotency_key,
+                        }
+                    ]
+                )
         if not request.published:
             try:
                 event = _publish_request(deps, request.report_id, order, locale)
@@ -323,16 +335,27 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
             next_offset=offset + limit if offset + limit < total else None,
         )
 
-    @app.get("/api/reports/{report_id}", response_model=ReportStatusView, tags=["reports"],
-             responses={404: {"description": "Unknown report"}})
+    @app.get(
+        "/api/reports/{report_id}",
+        response_model=ReportStatusView,
+        tags=["reports"],
+        responses={404: {"description": "Unknown report"}},
+    )
     def report_status(report_id: str) -> ReportStatusView | JSONResponse:
         """Where a report stands, built from its events alone."""
         status = known_status(report_id)
         return view_of(status) if status else not_found(report_id)
 
-    @app.delete("/api/reports/{report_id}", status_code=202, tags=["reports"],
-                responses={404: {"description": "Unknown report"}, 409: {"description": "Already finished"},
-                           503: {"description": "Retry later"}})
+    @app.delete(
+        "/api/reports/{report_id}",
+        status_code=202,
+        tags=["reports"],
+        responses={
+            404: {"description": "Unknown report"},
+            409: {"description": "Already finished"},
+            503: {"description": "Retry later"},
+        },
+    )
     def cancel_report(report_id: str) -> JSONResponse:
         """Cancel a report: broadcast on hotrepos.control, every replica of every service drops its work."""
         status = known_status(report_id)
@@ -350,8 +373,11 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         log.info("report.cancel_requested", report_id=report_id)
         return JSONResponse({"report_id": report_id, "status_url": status_url(report_id)}, status_code=202)
 
-    @app.get("/api/reports/{report_id}/download", tags=["reports"],
-             responses={200: {"content": {"text/csv": {}}}, 404: {"description": "No such file"}})
+    @app.get(
+        "/api/reports/{report_id}/download",
+        tags=["reports"],
+        responses={200: {"content": {"text/csv": {}}}, 404: {"description": "No such file"}},
+    )
     def download_report(report_id: str) -> Response:
         """The report's CSV file, as an attachment."""
         status = known_status(report_id)
@@ -361,11 +387,15 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         if path is None:
             log.warning("download.refused", report_id=report_id, file_name=status.file_name)
             return not_found(report_id, "file")
-        return FileResponse(path, media_type="text/csv; charset=utf-8", filename=path.name,
-                            headers={"Cache-Control": "no-store"})
+        return FileResponse(
+            path, media_type="text/csv; charset=utf-8", filename=path.name, headers={"Cache-Control": "no-store"}
+        )
 
-    @app.get("/api/reports/{report_id}/events", tags=["reports"],
-             responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "Unknown report"}})
+    @app.get(
+        "/api/reports/{report_id}/events",
+        tags=["reports"],
+        responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "Unknown report"}},
+    )
     async def report_events(
         report_id: str, last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
     ) -> Response:
@@ -417,8 +447,7 @@ def _hash_of(order: ReportOrder, locale: str | None) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _publish_request(deps: GatewayDependencies, report_id: str, order: ReportOrder,
-                     locale: str | None) -> CloudEvent:
+def _publish_request(deps: GatewayDependencies, report_id: str, order: ReportOrder, locale: str | None) -> CloudEvent:
     data = ReportRequested(
         report_id=report_id,
         period=order.period,
@@ -431,8 +460,9 @@ def _publish_request(deps: GatewayDependencies, report_id: str, order: ReportOrd
         return deps.publisher.publish(data, event_id=derived_event_id(report_id, "requested"))
 
 
-def _after_publishing(deps: GatewayDependencies, idempotency_key: str | None, request: IdempotentRequest,
-                      event: CloudEvent) -> None:
+def _after_publishing(
+    deps: GatewayDependencies, idempotency_key: str | None, request: IdempotentRequest, event: CloudEvent
+) -> None:
     """Record what the broker confirmed; the request is queued, so a Redis hiccup here must not fail it."""
     try:
         if idempotency_key is not None:
@@ -463,8 +493,9 @@ def _sse(step: ProgressStep, status: ReportStatus) -> bytes:
     if step.seq == status.last_seq and status.terminal:
         view = view_of(status)
         if status.state == "exported":
-            payload.update(download_url=view.download_url, rows=status.rows, sha256=status.sha256,
-                           repositories=status.repositories)
+            payload.update(
+                download_url=view.download_url, rows=status.rows, sha256=status.sha256, repositories=status.repositories
+            )
         else:
             payload.update(stage=status.failed_stage, reason=status.failure_reason)
     return f"id: {step.seq}\nevent: progress\ndata: {json.dumps(payload)}\n\n".encode()

@@ -117,8 +117,9 @@ def apply_event(
     new_state: ReportState | None = None
 
     if isinstance(data, ReportRequested):
-        changes.update(_fill(status, period=data.period, ref_date=data.ref_date, layout=data.layout,
-                             locale=meta.locale))
+        changes.update(
+            _fill(status, period=data.period, ref_date=data.ref_date, layout=data.layout, locale=meta.locale)
+        )
         if data.ref_date is not None and status.since is None:
             changes["since"] = since_date(data.period, data.ref_date)
         if fresh:
@@ -138,8 +139,13 @@ def apply_event(
         new_state = "aggregated"
     elif isinstance(data, ReportExported):
         changes.update(_fill_spec(status, data.spec))
-        changes.update(rows=data.rows, sha256=data.sha256, repositories=data.repositories,
-                       file_name=PurePath(data.path).name, layout=data.layout)
+        changes.update(
+            rows=data.rows,
+            sha256=data.sha256,
+            repositories=data.repositories,
+            file_name=PurePath(data.path).name,
+            layout=data.layout,
+        )
         if not status.languages:
             changes["languages"] = tuple(data.top_languages)
         new_state = "exported"
@@ -150,9 +156,7 @@ def apply_event(
             changes.update(failed_stage=data.stage, failure_reason=data.reason)
         new_state = "failed"
 
-    if new_state is not None and not status.terminal and (
-        fresh or STATE_RANK[new_state] > STATE_RANK[status.state]
-    ):
+    if new_state is not None and not status.terminal and (fresh or STATE_RANK[new_state] > STATE_RANK[status.state]):
         changes["state"] = new_state
     changes = {key: value for key, value in changes.items() if getattr(status, key) != value}
     if not changes and not fresh:
@@ -239,8 +243,10 @@ class RedisReportStatuses:
     def recent(self, *, offset: int, limit: int) -> tuple[list[ReportStatus], int]:
         """A page of the history, newest first, and the history's length."""
         total = int(self._redis.zcard(HISTORY_KEY))
-        ids = [i.decode() if isinstance(i, bytes) else str(i)
-               for i in self._redis.zrevrange(HISTORY_KEY, offset, offset + limit - 1)]
+        ids = [
+            i.decode() if isinstance(i, bytes) else str(i)
+            for i in self._redis.zrevrange(HISTORY_KEY, offset, offset + limit - 1)
+        ]
         if not ids:
             return [], total
         found = [_decode(raw) for raw in self._redis.mget([status_key(i) for i in ids])]

@@ -35,18 +35,12 @@ def main() -> None:
     run_consumers(
         runtime,
         {
-            NOTIFIER_EXPORTED: {
-                "report.exported": Route(partial(handle_report_exported, mailer=mailer, sent=sent))
-            },
+            NOTIFIER_EXPORTED: {"report.exported": Route(partial(handle_report_exported, mailer=mailer, sent=sent))},
             NOTIFIER_FAILED: {
-                "report.failed": Route(
-                    partial(handle_report_failed, mailer=mailer, sent=sent, recipients=recipients)
-                )
+                "report.failed": Route(partial(handle_report_failed, mailer=mailer, sent=sent, recipients=recipients))
             },
             NOTIFIER_ALERTS: {
-                "alert.raised": Route(
-                    partial(handle_alert_raised, mailer=mailer, sent=sent, recipients=recipients)
-                )
+                "alert.raised": Route(partial(handle_alert_raised, mailer=mailer, sent=sent, recipients=recipients))
             },
         },
         prefetch_count=4,

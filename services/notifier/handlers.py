@@ -30,8 +30,9 @@ class Recipients:
     alert_interval_seconds: float = 60.0
 
 
-def _send_once(mailer: Mailer, sent: SentEmails, message: Email, to: list[str], key: str, kind: str,
-               language: str = "en") -> None:
+def _send_once(
+    mailer: Mailer, sent: SentEmails, message: Email, to: list[str], key: str, kind: str, language: str = "en"
+) -> None:
     if not to or sent.was_sent(key):
         return
     if not sent.start_sending(key):
@@ -47,9 +48,7 @@ def _send_once(mailer: Mailer, sent: SentEmails, message: Email, to: list[str], 
     metrics.EMAILS.labels(kind=kind, outcome="sent").inc()
 
 
-def handle_report_exported(
-    event: ReportExported, meta: CloudEvent, *, mailer: Mailer, sent: SentEmails
-) -> None:
+def handle_report_exported(event: ReportExported, meta: CloudEvent, *, mailer: Mailer, sent: SentEmails) -> None:
     if event.spec.notify is None:
         return
     message = ready_email(
@@ -84,8 +83,7 @@ def handle_report_failed(
     admin_message = admin_failed_email(
         report_id=event.report_id, stage=event.stage, reason=event.reason, requester=requester
     )
-    _send_once(mailer, sent, admin_message, recipients.admins, f"{event.report_id}:failed:admins",
-               "admin-failed")
+    _send_once(mailer, sent, admin_message, recipients.admins, f"{event.report_id}:failed:admins", "admin-failed")
 
 
 def handle_alert_raised(

@@ -32,7 +32,7 @@ INJECTED_EMAILS = (
     "<a@example.com>\r\nCc: x@example.com",
     "a@example.com%0d%0aBcc:x@example.com",
     "a@example.com, x@example.com",
-    "\"a\r\nBcc: x@example.com\" <a@example.com>",
+    '"a\r\nBcc: x@example.com" <a@example.com>',
 )
 INJECTED_LOCALES = (
     "fr\r\nBcc:",
@@ -92,30 +92,57 @@ def valid_data(event_type: str, report_id: str) -> dict[str, Any]:
     """Data that passes the contract, for mutation into data that does not."""
     spec = {"period": "day", "since": "2026-11-21", "layout": "rows", "notify": REQUESTER}
     repository = {
-        "id": 1, "full_name": "octo/hostile", "html_url": "https://github.com/octo/hostile",
-        "description": None, "language": "Python", "stargazers_count": 1, "forks_count": 0,
+        "id": 1,
+        "full_name": "octo/hostile",
+        "html_url": "https://github.com/octo/hostile",
+        "description": None,
+        "language": "Python",
+        "stargazers_count": 1,
+        "forks_count": 0,
         "created_at": "2026-11-21T00:00:00Z",
     }
     templates: dict[str, dict[str, Any]] = {
         "report.requested": {"report_id": report_id, "period": "day", "notify": REQUESTER},
-        "report.page.fetched": {"report_id": report_id, "page": 1, "pages": 5, "spec": spec,
-                                "items": [repository]},
-        "report.aggregated": {"report_id": report_id, "spec": spec, "total": 1,
-                              "languages": [{"language": "Python", "repositories": [repository]}]},
-        "report.exported": {"report_id": report_id, "path": f"/reports/{report_id}.csv", "rows": 1,
-                            "sha256": "0" * 64, "layout": "rows", "spec": spec, "repositories": 1,
-                            "top_languages": []},
+        "report.page.fetched": {"report_id": report_id, "page": 1, "pages": 5, "spec": spec, "items": [repository]},
+        "report.aggregated": {
+            "report_id": report_id,
+            "spec": spec,
+            "total": 1,
+            "languages": [{"language": "Python", "repositories": [repository]}],
+        },
+        "report.exported": {
+            "report_id": report_id,
+            "path": f"/reports/{report_id}.csv",
+            "rows": 1,
+            "sha256": "0" * 64,
+            "layout": "rows",
+            "spec": spec,
+            "repositories": 1,
+            "top_languages": [],
+        },
         "report.failed": {"report_id": report_id, "stage": "fetch", "reason": "hostile", "spec": spec},
-        "alert.raised": {"service": "hostile", "level": "ERROR", "logger": "hostile", "message": "m",
-                         "fingerprint": report_id[:64]},
+        "alert.raised": {
+            "service": "hostile",
+            "level": "ERROR",
+            "logger": "hostile",
+            "message": "m",
+            "fingerprint": report_id[:64],
+        },
         "report.cancel.requested": {"report_id": report_id},
     }
     return templates.get(event_type, {"report_id": report_id})
 
 
 def envelope(event_type: str, data: Any, **extra: Any) -> dict[str, Any]:
-    return {"specversion": "1.0", "id": str(uuid.uuid4()), "type": event_type, "source": "chaos/hostile",
-            "datacontenttype": "application/json", "data": data, **extra}
+    return {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "type": event_type,
+        "source": "chaos/hostile",
+        "datacontenttype": "application/json",
+        "data": data,
+        **extra,
+    }
 
 
 def is_acceptable(message: HostileMessage, route_type: str | None) -> bool:
@@ -143,16 +170,30 @@ json_values = st.recursive(
     max_leaves=12,
 )
 header_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=60)
-    | st.sampled_from(INJECTED_LOCALES + INJECTED_EMAILS) | st.binary(max_size=30)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(max_size=60)
+    | st.sampled_from(INJECTED_LOCALES + INJECTED_EMAILS)
+    | st.binary(max_size=30)
     | st.decimals(min_value=-1000, max_value=1000, places=2)
     | st.datetimes(min_value=dt.datetime(1970, 1, 2), max_value=dt.datetime(2100, 1, 1)),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),
     max_leaves=6,
 )
 amqp_headers = st.none() | st.dictionaries(
-    st.sampled_from(["x-hotrepos-retries", "x-hotrepos-reason", "x-death", "correlationid", "locale",
-                     "traceparent", "x-delivery-count", "x-hotrepos-original-exchange"])
+    st.sampled_from(
+        [
+            "x-hotrepos-retries",
+            "x-hotrepos-reason",
+            "x-death",
+            "correlationid",
+            "locale",
+            "traceparent",
+            "x-delivery-count",
+            "x-hotrepos-original-exchange",
+        ]
+    )
     | st.text(min_size=1, max_size=20),
     header_values,
     max_size=4,
@@ -175,8 +216,22 @@ def hostile_bodies(marker: str, event_type: str) -> st.SearchStrategy[tuple[str,
 
     def mutate_envelope(draw: Callable[..., Any]) -> dict[str, Any]:
         event = envelope(event_type, valid_data(event_type, f"{marker}-env"))
-        mutation = draw(st.sampled_from(["drop", "specversion", "id", "type", "source", "locale",
-                                         "traceparent", "time", "datacontenttype", "correlationid"]))
+        mutation = draw(
+            st.sampled_from(
+                [
+                    "drop",
+                    "specversion",
+                    "id",
+                    "type",
+                    "source",
+                    "locale",
+                    "traceparent",
+                    "time",
+                    "datacontenttype",
+                    "correlationid",
+                ]
+            )
+        )
         if mutation == "drop":
             event.pop(draw(st.sampled_from(REQUIRED_ENVELOPE_KEYS)))
         elif mutation == "specversion":
@@ -256,15 +311,15 @@ def hostile_bodies(marker: str, event_type: str) -> st.SearchStrategy[tuple[str,
         content_type = draw(st.sampled_from(sorted(ACCEPTED_CONTENT_TYPES)) | st.sampled_from(BAD_CONTENT_TYPES))
         return "garbage", body, content_type
 
-    return st.one_of(invalid_envelope(), schema_violation(), wrong_content_type(), other_type(), deep_json(),
-                     garbage())
+    return st.one_of(invalid_envelope(), schema_violation(), wrong_content_type(), other_type(), deep_json(), garbage())
 
 
 random_routing_keys = st.text(min_size=1, max_size=60).filter(lambda k: len(k.encode()) <= 255)
 
 
-def hostile_message(marker: str, exchange: str, routing_key: str,
-                    event_type: str | None) -> st.SearchStrategy[HostileMessage]:
+def hostile_message(
+    marker: str, exchange: str, routing_key: str, event_type: str | None
+) -> st.SearchStrategy[HostileMessage]:
     """A hostile message on one route; `event_type` is what the route's queues accept."""
 
     @st.composite
@@ -292,20 +347,39 @@ def injection_probes(marker: str) -> list[HostileMessage]:
     """Valid events whose free text would reach email headers: they must be handled, and the
     emails they cause must carry no injected header."""
     injected = "\r\nBcc: evil@example.com\r\nX-Injected: 1"
-    failed = envelope("report.failed", {
-        "report_id": f"{marker}-probe-failed", "stage": "fetch\r\nBcc: evil@example.com",
-        "reason": "reason" + injected, "spec": {"period": "day", "since": "2026-11-21", "notify": REQUESTER},
-    }, locale="fr")
-    alert = envelope("alert.raised", {
-        "service": "svc" + injected[:30], "level": "ERROR\r\nBcc: e@x.io", "logger": "l" + injected,
-        "message": "first" + injected, "fingerprint": f"{marker}-probe",
-    })
-    exported = envelope("report.exported", {
-        "report_id": f"{marker}-probe-exported", "path": "../../../etc/passwd\r\nBcc: evil@example.com",
-        "rows": 1, "sha256": "0" * 64, "layout": "rows", "repositories": 1,
-        "spec": {"period": "day", "since": "2026-11-21", "notify": REQUESTER},
-        "top_languages": [{"language": "Py\r\nBcc: evil@example.com", "count": 1}],
-    })
+    failed = envelope(
+        "report.failed",
+        {
+            "report_id": f"{marker}-probe-failed",
+            "stage": "fetch\r\nBcc: evil@example.com",
+            "reason": "reason" + injected,
+            "spec": {"period": "day", "since": "2026-11-21", "notify": REQUESTER},
+        },
+        locale="fr",
+    )
+    alert = envelope(
+        "alert.raised",
+        {
+            "service": "svc" + injected[:30],
+            "level": "ERROR\r\nBcc: e@x.io",
+            "logger": "l" + injected,
+            "message": "first" + injected,
+            "fingerprint": f"{marker}-probe",
+        },
+    )
+    exported = envelope(
+        "report.exported",
+        {
+            "report_id": f"{marker}-probe-exported",
+            "path": "../../../etc/passwd\r\nBcc: evil@example.com",
+            "rows": 1,
+            "sha256": "0" * 64,
+            "layout": "rows",
+            "repositories": 1,
+            "spec": {"period": "day", "since": "2026-11-21", "notify": REQUESTER},
+            "top_languages": [{"language": "Py\r\nBcc: evil@example.com", "count": 1}],
+        },
+    )
     return [
         HostileMessage("probe", "hotrepos.events", "report.failed", json.dumps(failed).encode()),
         HostileMessage("probe", "hotrepos.alerts", "", json.dumps(alert).encode()),

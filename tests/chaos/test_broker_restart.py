@@ -36,8 +36,13 @@ STUCK_AFTER_SECONDS = 45.0
 
 @pytest.mark.timeout(900 if FULL else 300)
 def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
-    rabbit_node: RabbitNode, redis_url: str, fake_github: FakeGitHub, smtp_sink: SmtpSink,
-    tmp_path_factory: pytest.TempPathFactory, sizes: ChaosSizes, figures_name: str,
+    rabbit_node: RabbitNode,
+    redis_url: str,
+    fake_github: FakeGitHub,
+    smtp_sink: SmtpSink,
+    tmp_path_factory: pytest.TempPathFactory,
+    sizes: ChaosSizes,
+    figures_name: str,
 ) -> None:
     broker = rabbit_node.broker
     vhost = broker.create_vhost("hotrepos-chaos")  # the node is thrown away with the test
@@ -48,8 +53,13 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
     recorder = OutcomeRecorder(amqp_url)
     try:
         with running_pipeline(
-            broker=broker, vhost=vhost, redis_url=redis_url, github_url=fake_github.url,
-            smtp_port=smtp_sink.port, root=tmp_path_factory.mktemp("restart"), today=TODAY,
+            broker=broker,
+            vhost=vhost,
+            redis_url=redis_url,
+            github_url=fake_github.url,
+            smtp_port=smtp_sink.port,
+            root=tmp_path_factory.mktemp("restart"),
+            today=TODAY,
         ) as pipeline:
             started = time.monotonic()
             publisher = RequestPublisher(amqp_url)
@@ -69,15 +79,24 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
             quiet_since = wait_until_settled(broker, vhost, 180)
             stuck = pending_work(broker, vhost) if quiet_since is None else {}
             figures = count_figures(
-                ids, recorder=recorder, sink=smtp_sink, reports_dir=pipeline.pipeline.reports_dir,
+                ids,
+                recorder=recorder,
+                sink=smtp_sink,
+                reports_dir=pipeline.pipeline.reports_dir,
                 dead_lettered=sum(dead_letter_counts(broker, vhost).values()),
             )
             payload = publish_figures(
-                figures_name, figures, in_flight_at_stop=in_flight, requested_after_restart=len(late),
-                broker_down_seconds=sizes.broker_down_seconds, broker_starts=rabbit_node.starts,
-                recorder_reconnects=recorder.reconnects, completed_in_time=completed,
+                figures_name,
+                figures,
+                in_flight_at_stop=in_flight,
+                requested_after_restart=len(late),
+                broker_down_seconds=sizes.broker_down_seconds,
+                broker_starts=rabbit_node.starts,
+                recorder_reconnects=recorder.reconnects,
+                completed_in_time=completed,
                 drained_seconds_after_restart=None if quiet_since is None else round(quiet_since - back, 1),
-                still_queued=stuck, seconds=round(time.monotonic() - started, 1),
+                still_queued=stuck,
+                seconds=round(time.monotonic() - started, 1),
             )
             pipeline.assert_alive()
     finally:

@@ -47,42 +47,89 @@ class FaultCase:
 
 
 CASES = [
-    FaultCase("403 rate limit with reset headers", [{"kind": "rate_limit", "page": 2, "times": 1, "reset_in": 1}],
-              "exported", {2: 2}),
-    FaultCase("429 with Retry-After", [{"kind": "retry_after", "page": 3, "times": 1, "seconds": 1}],
-              "exported", {3: 2}),
+    FaultCase(
+        "403 rate limit with reset headers",
+        [{"kind": "rate_limit", "page": 2, "times": 1, "reset_in": 1}],
+        "exported",
+        {2: 2},
+    ),
+    FaultCase(
+        "429 with Retry-After", [{"kind": "retry_after", "page": 3, "times": 1, "seconds": 1}], "exported", {3: 2}
+    ),
     FaultCase("502 twice", [{"kind": "status", "status": 502, "page": 1, "times": 2}], "exported", {1: 3}),
     FaultCase("503 once", [{"kind": "status", "status": 503, "page": 4, "times": 1}], "exported", {4: 2}),
-    FaultCase("502 always", [{"kind": "status", "status": 502, "page": 1}], "failed", {1: 5},
-              reason="GitHub answered 502 on page 1 (gave up after 5 attempts)"),
-    FaultCase("read timeout once", [{"kind": "timeout", "page": 2, "times": 1, "seconds": TEST_READ_TIMEOUT + 2}],
-              "exported", {2: 2}),
-    FaultCase("read timeout always", [{"kind": "timeout", "page": 2, "seconds": TEST_READ_TIMEOUT + 2}],
-              "failed", {2: 5}, reason="GitHub timed out on page 2"),
+    FaultCase(
+        "502 always",
+        [{"kind": "status", "status": 502, "page": 1}],
+        "failed",
+        {1: 5},
+        reason="GitHub answered 502 on page 1 (gave up after 5 attempts)",
+    ),
+    FaultCase(
+        "read timeout once",
+        [{"kind": "timeout", "page": 2, "times": 1, "seconds": TEST_READ_TIMEOUT + 2}],
+        "exported",
+        {2: 2},
+    ),
+    FaultCase(
+        "read timeout always",
+        [{"kind": "timeout", "page": 2, "seconds": TEST_READ_TIMEOUT + 2}],
+        "failed",
+        {2: 5},
+        reason="GitHub timed out on page 2",
+    ),
     FaultCase("truncated JSON once", [{"kind": "truncated", "page": 1, "times": 1}], "exported", {1: 2}),
-    FaultCase("truncated JSON always", [{"kind": "truncated", "page": 1}], "failed", {1: 5},
-              reason="GitHub sent a malformed body on page 1"),
+    FaultCase(
+        "truncated JSON always",
+        [{"kind": "truncated", "page": 1}],
+        "failed",
+        {1: 5},
+        reason="GitHub sent a malformed body on page 1",
+    ),
     FaultCase("incomplete_results once", [{"kind": "incomplete", "page": 1, "times": 1}], "exported", {1: 2}),
-    FaultCase("incomplete_results always", [{"kind": "incomplete", "page": 1}], "exported", {1: 3},
-              check="page 1 is passed on flagged incomplete"),
-    FaultCase("422", [{"kind": "status", "status": 422, "page": 1}], "failed", {1: 1},
-              reason="GitHub answered 422 on page 1: Validation Failed"),
-    FaultCase("items missing optional fields", [{"kind": "missing_fields", "page": 1}], "exported", {1: 1},
-              check="page 1 rows have no language and no description"),
+    FaultCase(
+        "incomplete_results always",
+        [{"kind": "incomplete", "page": 1}],
+        "exported",
+        {1: 3},
+        check="page 1 is passed on flagged incomplete",
+    ),
+    FaultCase(
+        "422",
+        [{"kind": "status", "status": 422, "page": 1}],
+        "failed",
+        {1: 1},
+        reason="GitHub answered 422 on page 1: Validation Failed",
+    ),
+    FaultCase(
+        "items missing optional fields",
+        [{"kind": "missing_fields", "page": 1}],
+        "exported",
+        {1: 1},
+        check="page 1 rows have no language and no description",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def fault_pipeline(
-    broker: Broker, redis_url: str, module_fake_github: FakeGitHub, module_smtp_sink: SmtpSink,
+    broker: Broker,
+    redis_url: str,
+    module_fake_github: FakeGitHub,
+    module_smtp_sink: SmtpSink,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[ReplicatedPipeline, OutcomeRecorder]]:
     with broker.vhost("hotrepos-chaos") as vhost:
         recorder = OutcomeRecorder(broker.amqp_url(vhost))
         try:
             with running_pipeline(
-                broker=broker, vhost=vhost, redis_url=redis_url, github_url=module_fake_github.url,
-                smtp_port=module_smtp_sink.port, root=tmp_path_factory.mktemp("faults"), today=TODAY,
+                broker=broker,
+                vhost=vhost,
+                redis_url=redis_url,
+                github_url=module_fake_github.url,
+                smtp_port=module_smtp_sink.port,
+                root=tmp_path_factory.mktemp("faults"),
+                today=TODAY,
                 extra_env={"GITHUB_READ_TIMEOUT_SECONDS": str(TEST_READ_TIMEOUT)},
             ) as pipeline:
                 yield pipeline, recorder
@@ -93,8 +140,11 @@ def fault_pipeline(
 @pytest.mark.timeout(240 if FULL else 90)
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name.replace(" ", "-")) for c in CASES])
 def test_github_fault_ends_in_a_retried_export_or_a_told_failure(
-    case: FaultCase, fault_pipeline: tuple[ReplicatedPipeline, OutcomeRecorder], fake_github: FakeGitHub,
-    module_smtp_sink: SmtpSink, figures_name: str,
+    case: FaultCase,
+    fault_pipeline: tuple[ReplicatedPipeline, OutcomeRecorder],
+    fake_github: FakeGitHub,
+    module_smtp_sink: SmtpSink,
+    figures_name: str,
 ) -> None:
     pipeline, recorder = fault_pipeline
     sink = module_smtp_sink
@@ -108,14 +158,21 @@ def test_github_fault_ends_in_a_retried_export_or_a_told_failure(
     time.sleep(1)  # a second outcome or email, were there one, has had time to show
     stats = fake_github.stats()
     figures = count_figures(
-        [report_id], recorder=recorder, sink=sink, reports_dir=pipeline.pipeline.reports_dir,
+        [report_id],
+        recorder=recorder,
+        sink=sink,
+        reports_dir=pipeline.pipeline.reports_dir,
         dead_lettered=sum(dead_letter_counts(pipeline.pipeline.broker, pipeline.pipeline.vhost).values()),
     )
     [outcome, *_] = recorder.outcomes_by_report().get(report_id, [{}])
     pages = [e["data"] for e in recorder.of("report.page.fetched", report_id)]
     payload = publish_figures(
-        figures_name, figures, fault=case.name, github_requests_by_page=stats["by_page"],
-        faults_applied=stats["faults"], reason=(outcome.get("data") or {}).get("reason"),
+        figures_name,
+        figures,
+        fault=case.name,
+        github_requests_by_page=stats["by_page"],
+        faults_applied=stats["faults"],
+        reason=(outcome.get("data") or {}).get("reason"),
         admin_emails=len(admin_failed_emails(sink, report_id)),
         pages_flagged_incomplete=sorted(p["page"] for p in pages if p.get("incomplete_results")),
         seconds=round(time.monotonic() - started, 1),

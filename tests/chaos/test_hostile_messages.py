@@ -56,8 +56,17 @@ from tests.support.smtp import SmtpSink
 FULL = chaos_sizes().scale == "full"
 EXCHANGES = ("hotrepos.events", "hotrepos.alerts", "hotrepos.control")
 # What the notifier writes, and what a mail library adds on parsing: anything else was injected.
-EMAIL_HEADERS = {"from", "to", "subject", "date", "message-id", "mime-version", "content-type",
-                 "content-transfer-encoding", "content-language"}
+EMAIL_HEADERS = {
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-language",
+}
 SKIPPED_DIRS = {".venv", ".git", "node_modules", "__pycache__", ".mypy_cache", ".ruff_cache"}
 
 
@@ -66,8 +75,11 @@ def service_bindings(broker: Broker, vhost: str) -> dict[str, list[tuple[str, st
     found: dict[str, list[tuple[str, str]]] = {}
     for exchange in EXCHANGES:
         path = f"/exchanges/{quote(vhost, safe='')}/{quote(exchange, safe='')}/bindings/source"
-        found[exchange] = [(b["routing_key"], b["destination"]) for b in broker.api("GET", path).json()
-                           if b["destination_type"] == "queue" and not b["destination"].startswith("chaos.")]
+        found[exchange] = [
+            (b["routing_key"], b["destination"])
+            for b in broker.api("GET", path).json()
+            if b["destination_type"] == "queue" and not b["destination"].startswith("chaos.")
+        ]
     return found
 
 
@@ -124,8 +136,13 @@ def tree(root: Path, excluded: Iterable[Path]) -> set[str]:
 
 @pytest.mark.timeout(1200 if FULL else 240)
 def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
-    broker: Broker, redis_url: str, fake_github: FakeGitHub, smtp_sink: SmtpSink,
-    tmp_path_factory: pytest.TempPathFactory, sizes: ChaosSizes, figures_name: str,
+    broker: Broker,
+    redis_url: str,
+    fake_github: FakeGitHub,
+    smtp_sink: SmtpSink,
+    tmp_path_factory: pytest.TempPathFactory,
+    sizes: ChaosSizes,
+    figures_name: str,
 ) -> None:
     marker = f"hostile{uuid.uuid4().hex[:10]}"
     root = tmp_path_factory.mktemp("hostile")
@@ -134,8 +151,13 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
         recorder = OutcomeRecorder(amqp_url)
         try:
             with running_pipeline(
-                broker=broker, vhost=vhost, redis_url=redis_url, github_url=fake_github.url,
-                smtp_port=smtp_sink.port, root=root, today=TODAY,
+                broker=broker,
+                vhost=vhost,
+                redis_url=redis_url,
+                github_url=fake_github.url,
+                smtp_port=smtp_sink.port,
+                root=root,
+                today=TODAY,
             ) as pipeline:
                 started = time.monotonic()
                 pids = {p.name: p.process.pid for p in pipeline.processes if p.process}
@@ -146,8 +168,10 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
                 # two in eleven, a routing key nobody binds.
                 routes: list[tuple[str, str, str | None] | None] = [
                     *(("hotrepos.events", k, k) for k in EVENT_TYPES),
-                    ("hotrepos.alerts", "", "alert.raised"), ("hotrepos.control", "", "report.cancel.requested"),
-                    None, None,
+                    ("hotrepos.alerts", "", "alert.raised"),
+                    ("hotrepos.control", "", "report.cancel.requested"),
+                    None,
+                    None,
                 ]
                 before = tree(root.parent, [root / "reports", root / "logs"])
 
@@ -159,11 +183,16 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
                 channel.confirm_delivery()
 
                 def publish(message: HostileMessage, *, valid: bool = False) -> None:
-                    properties = pika.BasicProperties(content_type=message.content_type, delivery_mode=2,
-                                                      headers=message.headers, message_id=str(uuid.uuid4()))
+                    properties = pika.BasicProperties(
+                        content_type=message.content_type,
+                        delivery_mode=2,
+                        headers=message.headers,
+                        message_id=str(uuid.uuid4()),
+                    )
                     try:
-                        channel.basic_publish(message.exchange, message.routing_key, message.body, properties,
-                                              mandatory=True)
+                        channel.basic_publish(
+                            message.exchange, message.routing_key, message.body, properties, mandatory=True
+                        )
                     except pika.exceptions.UnroutableError:
                         returned[message.category] += 1  # refused by the broker: NO_ROUTE, with a reason
                         return
@@ -172,8 +201,13 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
                         for queue in routed_to(bindings, message.exchange, message.routing_key):
                             expected[dead_letter_queue[queue]] += 1
 
-                @settings(max_examples=sizes.hostile_messages, deadline=None, database=None,
-                          phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+                @settings(
+                    max_examples=sizes.hostile_messages,
+                    deadline=None,
+                    database=None,
+                    phases=[Phase.generate],
+                    suppress_health_check=list(HealthCheck),
+                )
                 @given(st.data())
                 def publish_hostile(data: st.DataObject) -> None:
                     route = data.draw(st.sampled_from(routes))
@@ -198,7 +232,8 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
                 def all_dead_lettered() -> bool:
                     pipeline.assert_alive()
                     return sum(dead_letter_counts(broker, vhost).values()) >= total_expected and not (
-                        pending_work(broker, vhost))
+                        pending_work(broker, vhost)
+                    )
 
                 wait_until(all_dead_lettered, 600 if FULL else 150, f"{total_expected} dead letters")
                 letters: dict[str, list[tuple[Any, bytes]]] = {
@@ -206,23 +241,35 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
                 }
                 reasons = Counter(
                     str((props.headers or {}).get("x-hotrepos-reason", "(none)")).split(":")[0][:60]
-                    for found in letters.values() for props, _ in found
+                    for found in letters.values()
+                    for props, _ in found
                 )
-                without_reason = sum(1 for found in letters.values() for props, _ in found
-                                     if not (props.headers or {}).get("x-hotrepos-reason"))
+                without_reason = sum(
+                    1
+                    for found in letters.values()
+                    for props, _ in found
+                    if not (props.headers or {}).get("x-hotrepos-reason")
+                )
 
                 # The valid probes were handled, and the admins heard of the dead letters.
-                wait_until(lambda: sum(1 for m in smtp_sink.to(REQUESTER) if marker in body_of(m)) >= 2, 60,
-                           "the emails of the valid probes")
+                wait_until(
+                    lambda: sum(1 for m in smtp_sink.to(REQUESTER) if marker in body_of(m)) >= 2,
+                    60,
+                    "the emails of the valid probes",
+                )
                 # And a valid report still goes through.
                 ids = report_ids("after-hostile", 1)
                 publisher = RequestPublisher(amqp_url)
                 publisher.request(ids[0], period="day")
                 publisher.close()
                 completed = wait_for_reports(ids, recorder, smtp_sink, 120)
-                figures = count_figures(ids, recorder=recorder, sink=smtp_sink,
-                                        reports_dir=pipeline.pipeline.reports_dir,
-                                        dead_lettered=sum(len(found) for found in letters.values()))
+                figures = count_figures(
+                    ids,
+                    recorder=recorder,
+                    sink=smtp_sink,
+                    reports_dir=pipeline.pipeline.reports_dir,
+                    dead_lettered=sum(len(found) for found in letters.values()),
+                )
                 pipeline.assert_alive()
                 restarted = [p.name for p in pipeline.processes if p.process and pids.get(p.name) != p.process.pid]
 
@@ -231,25 +278,42 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
                     envelopes = list(smtp_sink.envelopes)
                 injected_headers = sorted({h for m in mails for h in m if h.lower() not in EMAIL_HEADERS})
                 bad_recipients = sorted({r for _, rcpts in envelopes for r in rcpts} - {ADMIN, REQUESTER})
-                multiline = [str(m["Subject"]) for m in mails
-                             if any("\n" in str(v) or "\r" in str(v) for v in m.values())]
+                multiline = [
+                    str(m["Subject"]) for m in mails if any("\n" in str(v) or "\r" in str(v) for v in m.values())
+                ]
                 reports_dir = pipeline.pipeline.reports_dir
-                stray_reports = sorted(str(p.relative_to(reports_dir)) for p in reports_dir.rglob("*")
-                                       if p.is_file() and ids[0] not in p.name)
+                stray_reports = sorted(
+                    str(p.relative_to(reports_dir))
+                    for p in reports_dir.rglob("*")
+                    if p.is_file() and ids[0] not in p.name
+                )
                 new_outside = sorted(tree(root.parent, [reports_dir, root / "logs"]) - before)
                 escaped = marked_paths([root.parent, ROOT], marker) + marked_paths(
-                    [Path(tempfile.gettempdir())], marker, depth=1)
+                    [Path(tempfile.gettempdir())], marker, depth=1
+                )
                 payload = publish_figures(
-                    figures_name, figures, hostile_sent=sum(sent.values()) - sent["probe"], probes_sent=sent["probe"],
-                    refused_by_broker=sum(returned.values()), expected_dead_letters=total_expected,
-                    sent_by_category=dict(sent), refused_by_category=dict(returned),
+                    figures_name,
+                    figures,
+                    hostile_sent=sum(sent.values()) - sent["probe"],
+                    probes_sent=sent["probe"],
+                    refused_by_broker=sum(returned.values()),
+                    expected_dead_letters=total_expected,
+                    sent_by_category=dict(sent),
+                    refused_by_category=dict(returned),
                     dead_letters_by_queue={q: len(f) for q, f in letters.items() if f},
-                    expected_by_queue=dict(expected), dead_letters_without_reason=without_reason,
-                    reasons=dict(reasons.most_common(12)), emails_received=len(mails),
-                    injected_headers=injected_headers, unexpected_recipients=bad_recipients,
-                    multiline_headers=len(multiline), stray_files_in_reports_dir=stray_reports,
-                    new_files_outside=new_outside[:20], escaped_paths=escaped[:20], restarted=restarted,
-                    valid_report_completed=completed, publish_seconds=published_in,
+                    expected_by_queue=dict(expected),
+                    dead_letters_without_reason=without_reason,
+                    reasons=dict(reasons.most_common(12)),
+                    emails_received=len(mails),
+                    injected_headers=injected_headers,
+                    unexpected_recipients=bad_recipients,
+                    multiline_headers=len(multiline),
+                    stray_files_in_reports_dir=stray_reports,
+                    new_files_outside=new_outside[:20],
+                    escaped_paths=escaped[:20],
+                    restarted=restarted,
+                    valid_report_completed=completed,
+                    publish_seconds=published_in,
                     seconds=round(time.monotonic() - started, 1),
                 )
         finally:

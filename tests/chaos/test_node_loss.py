@@ -30,15 +30,24 @@ FULL = chaos_sizes().scale == "full"
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(strict=True, reason="open: fetcher.tasks and the .retry queues are classic queues, on one node; "
-                   "losing it stops the fetcher (quorum queues with per-message TTL need RabbitMQ 3.12+)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: fetcher.tasks and the .retry queues are classic queues, on one node; "
+    "losing it stops the fetcher (quorum queues with per-message TTL need RabbitMQ 3.12+)",
+)
 def test_losing_a_cluster_node_loses_and_duplicates_nothing(
-    redis_url: str, fake_github: FakeGitHub, smtp_sink: SmtpSink, tmp_path_factory: pytest.TempPathFactory,
-    sizes: ChaosSizes, figures_name: str,
+    redis_url: str,
+    fake_github: FakeGitHub,
+    smtp_sink: SmtpSink,
+    tmp_path_factory: pytest.TempPathFactory,
+    sizes: ChaosSizes,
+    figures_name: str,
 ) -> None:
     if not FULL:
-        pytest.skip("stretch case: three RabbitMQ nodes and the pipeline do not fit the reduced tier's "
-                    "few minutes on two cores; it runs with CHAOS_SCALE=full")
+        pytest.skip(
+            "stretch case: three RabbitMQ nodes and the pipeline do not fit the reduced tier's "
+            "few minutes on two cores; it runs with CHAOS_SCALE=full"
+        )
     if not rabbitmq_available():
         pytest.fail("the node-loss test needs rabbitmq-server and rabbitmqctl installed")
     fake_github.set_latency(300)
@@ -53,8 +62,13 @@ def test_losing_a_cluster_node_loses_and_duplicates_nothing(
             recorder = OutcomeRecorder(urls[1:] + urls[:1])
             try:
                 with running_pipeline(
-                    broker=broker, vhost=vhost, redis_url=redis_url, github_url=fake_github.url,
-                    smtp_port=smtp_sink.port, root=tmp_path_factory.mktemp("node-loss"), today=TODAY,
+                    broker=broker,
+                    vhost=vhost,
+                    redis_url=redis_url,
+                    github_url=fake_github.url,
+                    smtp_port=smtp_sink.port,
+                    root=tmp_path_factory.mktemp("node-loss"),
+                    today=TODAY,
                     extra_env={"AMQP_URL": ";".join(urls)},
                 ) as pipeline:
                     started = time.monotonic()
@@ -82,13 +96,22 @@ def test_losing_a_cluster_node_loses_and_duplicates_nothing(
                     quiet_since = wait_until_settled(broker, vhost, 60 if completed else 10)
                     stuck = pending_work(broker, vhost) if quiet_since is None else {}
                     figures = count_figures(
-                        ids, recorder=recorder, sink=smtp_sink, reports_dir=pipeline.pipeline.reports_dir,
+                        ids,
+                        recorder=recorder,
+                        sink=smtp_sink,
+                        reports_dir=pipeline.pipeline.reports_dir,
                         dead_lettered=sum(dead_letter_counts(broker, vhost).values()),
                     )
                     payload = publish_figures(
-                        figures_name, figures, cluster_nodes=len(nodes), nodes_lost=1,
-                        in_flight_at_loss=in_flight, requested_after_loss=len(late), completed_in_time=completed,
-                        still_queued=stuck, dead_services=pipeline.dead(),
+                        figures_name,
+                        figures,
+                        cluster_nodes=len(nodes),
+                        nodes_lost=1,
+                        in_flight_at_loss=in_flight,
+                        requested_after_loss=len(late),
+                        completed_in_time=completed,
+                        still_queued=stuck,
+                        dead_services=pipeline.dead(),
                         seconds=round(time.monotonic() - started, 1),
                     )
             finally:

@@ -32,8 +32,13 @@ FULL = chaos_sizes().scale == "full"
 
 @pytest.mark.timeout(1500 if FULL else 300)
 def test_processes_killed_at_random_lose_and_duplicate_nothing(
-    broker: Broker, redis_url: str, fake_github: FakeGitHub, smtp_sink: SmtpSink,
-    tmp_path_factory: pytest.TempPathFactory, sizes: ChaosSizes, figures_name: str,
+    broker: Broker,
+    redis_url: str,
+    fake_github: FakeGitHub,
+    smtp_sink: SmtpSink,
+    tmp_path_factory: pytest.TempPathFactory,
+    sizes: ChaosSizes,
+    figures_name: str,
 ) -> None:
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
     rng = random.Random(seed)
@@ -46,8 +51,13 @@ def test_processes_killed_at_random_lose_and_duplicate_nothing(
             recorder = OutcomeRecorder(amqp_url)
             try:
                 with running_pipeline(
-                    broker=broker, vhost=vhost, redis_url=redis_url, github_url=fake_github.url,
-                    smtp_port=smtp_sink.port, root=tmp_path_factory.mktemp("kills"), today=TODAY,
+                    broker=broker,
+                    vhost=vhost,
+                    redis_url=redis_url,
+                    github_url=fake_github.url,
+                    smtp_port=smtp_sink.port,
+                    root=tmp_path_factory.mktemp("kills"),
+                    today=TODAY,
                     replicas=sizes.kill_replicas,
                 ) as pipeline:
                     started = time.monotonic()
@@ -63,13 +73,22 @@ def test_processes_killed_at_random_lose_and_duplicate_nothing(
                     killer.stop()
                     settled = wait_until_settled(broker, vhost, 120) is not None
                     figures = count_figures(
-                        ids, recorder=recorder, sink=smtp_sink, reports_dir=pipeline.pipeline.reports_dir,
+                        ids,
+                        recorder=recorder,
+                        sink=smtp_sink,
+                        reports_dir=pipeline.pipeline.reports_dir,
                         dead_lettered=sum(dead_letter_counts(broker, vhost).values()),
                     )
                     payload = publish_figures(
-                        figures_name, figures, seed=seed, replicas=sizes.kill_replicas,
-                        kills=len(killer.kills), kills_by_service=killer.by_service(),
-                        restart_errors=killer.errors, completed_in_time=completed, settled=settled,
+                        figures_name,
+                        figures,
+                        seed=seed,
+                        replicas=sizes.kill_replicas,
+                        kills=len(killer.kills),
+                        kills_by_service=killer.by_service(),
+                        restart_errors=killer.errors,
+                        completed_in_time=completed,
+                        settled=settled,
                         seconds=round(time.monotonic() - started, 1),
                     )
                     pipeline.assert_alive()

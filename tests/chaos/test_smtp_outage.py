@@ -32,8 +32,13 @@ FULL = chaos_sizes().scale == "full"
 
 @pytest.mark.timeout(900 if FULL else 240)
 def test_an_smtp_outage_delays_emails_but_loses_and_doubles_none(
-    broker: Broker, redis_url: str, fake_github: FakeGitHub, smtp_sink: SmtpSink,
-    tmp_path_factory: pytest.TempPathFactory, sizes: ChaosSizes, figures_name: str,
+    broker: Broker,
+    redis_url: str,
+    fake_github: FakeGitHub,
+    smtp_sink: SmtpSink,
+    tmp_path_factory: pytest.TempPathFactory,
+    sizes: ChaosSizes,
+    figures_name: str,
 ) -> None:
     ids = report_ids("smtp", sizes.smtp_reports)
     with broker.vhost("hotrepos-chaos") as vhost:
@@ -41,8 +46,13 @@ def test_an_smtp_outage_delays_emails_but_loses_and_doubles_none(
         recorder = OutcomeRecorder(amqp_url)
         try:
             with running_pipeline(
-                broker=broker, vhost=vhost, redis_url=redis_url, github_url=fake_github.url,
-                smtp_port=smtp_sink.port, root=tmp_path_factory.mktemp("smtp"), today=TODAY,
+                broker=broker,
+                vhost=vhost,
+                redis_url=redis_url,
+                github_url=fake_github.url,
+                smtp_port=smtp_sink.port,
+                root=tmp_path_factory.mktemp("smtp"),
+                today=TODAY,
             ) as pipeline:
                 started = time.monotonic()
                 publisher = RequestPublisher(amqp_url)
@@ -63,17 +73,24 @@ def test_an_smtp_outage_delays_emails_but_loses_and_doubles_none(
                 settled = wait_until_settled(broker, vhost, 120) is not None
                 retried = sum(
                     int((q.get("message_stats") or {}).get("publish", 0))
-                    for q in queues(broker, vhost) if q["name"].startswith("notifier.") and
-                    q["name"].endswith(".retry")
+                    for q in queues(broker, vhost)
+                    if q["name"].startswith("notifier.") and q["name"].endswith(".retry")
                 )
                 figures = count_figures(
-                    ids, recorder=recorder, sink=smtp_sink, reports_dir=pipeline.pipeline.reports_dir,
+                    ids,
+                    recorder=recorder,
+                    sink=smtp_sink,
+                    reports_dir=pipeline.pipeline.reports_dir,
                     dead_lettered=sum(dead_letter_counts(broker, vhost).values()),
                 )
                 payload = publish_figures(
-                    figures_name, figures, smtp_down_seconds=sizes.smtp_down_seconds,
-                    emails_during_outage=emails_during_outage - 1, retry_queue_publishes=retried,
-                    completed_in_time=completed, settled=settled,
+                    figures_name,
+                    figures,
+                    smtp_down_seconds=sizes.smtp_down_seconds,
+                    emails_during_outage=emails_during_outage - 1,
+                    retry_queue_publishes=retried,
+                    completed_in_time=completed,
+                    settled=settled,
                     seconds=round(time.monotonic() - started, 1),
                 )
                 pipeline.assert_alive()

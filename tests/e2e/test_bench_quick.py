@@ -18,7 +18,10 @@ FIGURES: list[tuple[str, ...]] = [
         for latency in ("0ms", "300ms")
         for figure in (
             *((design, name) for design in ("hotrepos", "baseline") for name in ("p50_ms", "p95_ms")),
-            ("ratio_p50",), ("ratio_p95",), ("github_round_trip_ms",), ("hotrepos_p50_over_round_trip",),
+            ("ratio_p50",),
+            ("ratio_p95",),
+            ("github_round_trip_ms",),
+            ("hotrepos_p50_over_round_trip",),
         )
     ),
     ("throughput", "hotrepos", "reports_per_second"),
@@ -46,9 +49,14 @@ FIGURES: list[tuple[str, ...]] = [
     *(
         ("targets", target, "measured")
         for target in (
-            "latency_0ms_p50_ratio", "latency_300ms_p50_over_round_trip", "throughput_ratio",
-            "scale_out_efficiency", "budget_upstream_calls_identical", "budget_rate_limit_errors",
-            "budget_every_request_answered", "memory_stack_peak_mb",
+            "latency_0ms_p50_ratio",
+            "latency_300ms_p50_over_round_trip",
+            "throughput_ratio",
+            "scale_out_efficiency",
+            "budget_upstream_calls_identical",
+            "budget_rate_limit_errors",
+            "budget_every_request_answered",
+            "memory_stack_peak_mb",
         )
     ),
 ]
@@ -65,7 +73,10 @@ def figure(results: dict[str, Any], path: tuple[str, ...]) -> Any:
 def test_the_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=840,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=840,
     )
     assert done.returncode == 0, done.stderr[-6000:]
     [written] = tmp_path.glob("*-quick.json")

@@ -13,8 +13,14 @@ from tests.support.pipeline import Gateway, Pipeline
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -40,13 +46,25 @@ def page(browser: Browser) -> Iterator[Page]:
     problems: list[str] = []
     opened.on("pageerror", lambda error: problems.append(str(error)))
     # Answers the tests expect (a 422) are logged as failed loads too: the script's own errors count.
-    opened.on("console", lambda message: problems.append(message.text)
-              if message.type == "error" and not message.text.startswith("Failed to load resource") else None)
+    opened.on(
+        "console",
+        lambda message: (
+            problems.append(message.text)
+            if message.type == "error" and not message.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
     # The page closes its event stream once the report is over, which may abort it: that is no failure.
-    opened.on("requestfailed", lambda request: problems.append(f"{request.failure} for {request.url}")
-              if request.failure != "net::ERR_ABORTED" else None)
-    opened.on("response", lambda response: problems.append(f"{response.status} for {response.url}")
-              if response.status == 404 else None)
+    opened.on(
+        "requestfailed",
+        lambda request: (
+            problems.append(f"{request.failure} for {request.url}") if request.failure != "net::ERR_ABORTED" else None
+        ),
+    )
+    opened.on(
+        "response",
+        lambda response: problems.append(f"{response.status} for {response.url}") if response.status == 404 else None,
+    )
     yield opened
     context.close()
     assert problems == [], f"the page went wrong: {problems}"

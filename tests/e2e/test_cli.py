@@ -39,12 +39,14 @@ def listener(pipeline: Pipeline) -> Iterator[EventListener]:
 
 
 def hotrepos(env: dict[str, str], *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(HOTREPOS), *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(HOTREPOS), *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
-def test_request_wait_follows_the_report_and_prints_the_csv_path(pipeline: Pipeline, env: dict[str, str],
-                                                                 fake_github: FakeGitHub) -> None:
+def test_request_wait_follows_the_report_and_prints_the_csv_path(
+    pipeline: Pipeline, env: dict[str, str], fake_github: FakeGitHub
+) -> None:
     done = hotrepos(env, "request", "--period", "week", "--locale", "fr", "--wait", "--timeout", "120")
 
     assert done.returncode == 0, done.stderr
@@ -66,7 +68,10 @@ def test_request_wait_draws_a_bar_on_a_terminal_and_still_prints_only_the_path(
     process = subprocess.Popen(
         [str(HOTREPOS), "request", "--period", "day", "--wait", "--timeout", "120"],
         env={**env, "TERM": "xterm-256color", "COLUMNS": "100"},
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal, text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        text=True,
     )
     os.close(terminal)
     drawn = b""
@@ -122,8 +127,16 @@ def test_publish_validates_against_the_schema_and_publishes_nothing_that_fails(
     assert "colour: Extra inputs are not permitted" in refused[1].stderr
 
     report_id = f"cli-{uuid.uuid4().hex[:8]}"
-    data = {"report_id": report_id, "path": "/nowhere/x.csv", "rows": 0, "sha256": "d" * 64, "layout": "rows",
-            "spec": {"period": "day", "since": "2026-11-21"}, "repositories": 0, "top_languages": []}
+    data = {
+        "report_id": report_id,
+        "path": "/nowhere/x.csv",
+        "rows": 0,
+        "sha256": "d" * 64,
+        "layout": "rows",
+        "spec": {"period": "day", "since": "2026-11-21"},
+        "repositories": 0,
+        "top_languages": [],
+    }
     accepted = hotrepos(env, "publish", "report.exported", "--data", json.dumps(data), "--locale", "de")
     assert accepted.returncode == 0, accepted.stderr
     event = listener.wait_for(lambda e: e.get("id") == accepted.stdout.strip())
@@ -137,8 +150,14 @@ def test_tail_prints_the_events_that_match_its_pattern_from_a_queue_of_its_own(
     pipeline: Pipeline, broker: Broker, env: dict[str, str]
 ) -> None:
     queues_before = set(broker.queue_names(pipeline.vhost))
-    tail = subprocess.Popen([str(HOTREPOS), "tail", "report.*", "--count", "2"], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail = subprocess.Popen(
+        [str(HOTREPOS), "tail", "report.*", "--count", "2"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert tail.stderr is not None
         ready, _, _ = select.select([tail.stderr], [], [], 30)
@@ -147,8 +166,16 @@ def test_tail_prints_the_events_that_match_its_pattern_from_a_queue_of_its_own(
         report_id = f"tail-{uuid.uuid4().hex[:8]}"
         spec = {"period": "day", "since": "2026-11-21"}
         page = {"report_id": report_id, "page": 1, "pages": 2, "spec": spec, "items": []}
-        exported = {"report_id": report_id, "path": "/nowhere/t.csv", "rows": 4, "sha256": "e" * 64,
-                    "layout": "rows", "spec": spec, "repositories": 4, "top_languages": []}
+        exported = {
+            "report_id": report_id,
+            "path": "/nowhere/t.csv",
+            "rows": 4,
+            "sha256": "e" * 64,
+            "layout": "rows",
+            "spec": spec,
+            "repositories": 4,
+            "top_languages": [],
+        }
         # Three words: report.* does not match it, and it comes first, so it would be the first line.
         publish(pipeline.amqp_url, "report.page.fetched", cloud_event("report.page.fetched", page))
         publish(pipeline.amqp_url, "report.exported", cloud_event("report.exported", exported))

@@ -95,23 +95,37 @@ def assert_nothing_more_published(pipeline: Pipeline, listener: EventListener) -
 
 
 def publish_exported(pipeline: Pipeline, report_id: str, path: str) -> None:
-    data = {"report_id": report_id, "path": path, "rows": 1, "sha256": "c" * 64, "layout": "rows",
-            "spec": SPEC, "repositories": 1, "top_languages": []}
+    data = {
+        "report_id": report_id,
+        "path": path,
+        "rows": 1,
+        "sha256": "c" * 64,
+        "layout": "rows",
+        "spec": SPEC,
+        "repositories": 1,
+        "top_languages": [],
+    }
     publish(pipeline.amqp_url, "report.exported", cloud_event("report.exported", data, correlationid=report_id))
 
 
 def test_a_report_goes_from_post_through_its_stages_to_the_download(
     api: httpx.Client, listener: EventListener, module_smtp_sink: SmtpSink
 ) -> None:
-    response = api.post("/api/reports", json={"period": "week", "notify": REQUESTER},
-                        headers={"Accept-Language": "de-CH;q=0.8, fr;q=0.9, *;q=0.1"})
+    response = api.post(
+        "/api/reports",
+        json={"period": "week", "notify": REQUESTER},
+        headers={"Accept-Language": "de-CH;q=0.8, fr;q=0.9, *;q=0.1"},
+    )
 
     assert response.status_code == 202, response.text
     accepted = response.json()
     report_id = accepted["report_id"]
     assert re.fullmatch(r"[0-9a-f]{32}", report_id)
-    assert accepted == {"report_id": report_id, "status_url": f"/api/reports/{report_id}",
-                        "events_url": f"/api/reports/{report_id}/events"}
+    assert accepted == {
+        "report_id": report_id,
+        "status_url": f"/api/reports/{report_id}",
+        "events_url": f"/api/reports/{report_id}/events",
+    }
     assert response.headers["location"] == accepted["status_url"]
 
     # One gateway consumes here, so the stream is exactly one step per stage and per page.
@@ -125,12 +139,19 @@ def test_a_report_goes_from_post_through_its_stages_to_the_download(
     assert [s["id"] for s in steps] == [str(n) for n in range(1, 9)]
     assert steps[-1]["data"]["download_url"] == f"/api/reports/{report_id}/download"
 
-    requested = listener.wait_for(
-        lambda e: e["type"] == "report.requested" and e["data"].get("report_id") == report_id)
+    requested = listener.wait_for(lambda e: e["type"] == "report.requested" and e["data"].get("report_id") == report_id)
     assert (requested["correlationid"], requested["locale"], requested["source"]) == (
-        report_id, "fr", "hotrepos/gateway")
-    assert requested["data"] == {"report_id": report_id, "period": "week", "ref_date": None, "notify": REQUESTER,
-                                 "layout": "rows"}
+        report_id,
+        "fr",
+        "hotrepos/gateway",
+    )
+    assert requested["data"] == {
+        "report_id": report_id,
+        "period": "week",
+        "ref_date": None,
+        "notify": REQUESTER,
+        "layout": "rows",
+    }
     exported = listener.wait_for_outcome(report_id)["data"]
 
     status = api.get(accepted["status_url"]).json()
@@ -138,7 +159,10 @@ def test_a_report_goes_from_post_through_its_stages_to_the_download(
     assert (status["period"], status["since"], status["locale"]) == ("week", SINCE.isoformat(), "fr")
     assert (status["pages_fetched"], status["pages"]) == (5, 5)
     assert (status["rows"], status["sha256"], status["repositories"]) == (
-        exported["rows"], exported["sha256"], exported["repositories"])
+        exported["rows"],
+        exported["sha256"],
+        exported["repositories"],
+    )
     assert sum(language["count"] for language in status["languages"]) == status["repositories"] > 0
 
     download = api.get(status["download_url"])
@@ -165,16 +189,18 @@ def test_every_replica_streams_progress_as_it_happens_and_agrees_after_a_restart
 
     def publish_page(page: int) -> None:
         data = {"report_id": report_id, "page": page, "pages": 5, "spec": SPEC, "items": []}
-        publish(pipeline.amqp_url, "report.page.fetched",
-                cloud_event("report.page.fetched", data, correlationid=report_id))
+        publish(
+            pipeline.amqp_url, "report.page.fetched", cloud_event("report.page.fetched", data, correlationid=report_id)
+        )
 
     replica = pipeline.start_gateway("gateway-b")
     try:
         publish_page(1)
         wait_for_state(api, report_id, "fetching")
-        with httpx.Client(base_url=replica.url, timeout=30) as other, other.stream(
-            "GET", f"/api/reports/{report_id}/events", timeout=httpx.Timeout(30, read=60)
-        ) as response:
+        with (
+            httpx.Client(base_url=replica.url, timeout=30) as other,
+            other.stream("GET", f"/api/reports/{report_id}/events", timeout=httpx.Timeout(30, read=60)) as response,
+        ):
             events = sse_events(response.iter_lines())
             assert next(events)["data"]["pages_fetched"] == 1
             # Each page is published only once the previous one has come out of the stream: the
@@ -191,8 +217,10 @@ def test_every_replica_streams_progress_as_it_happens_and_agrees_after_a_restart
         replica.process.stop()
         restarted = pipeline.start_gateway("gateway-b")
         try:
-            assert httpx.get(f"{restarted.url}/api/reports/{report_id}").json() == api.get(
-                f"/api/reports/{report_id}").json()
+            assert (
+                httpx.get(f"{restarted.url}/api/reports/{report_id}").json()
+                == api.get(f"/api/reports/{report_id}").json()
+            )
         finally:
             restarted.process.stop()
     finally:
@@ -268,9 +296,7 @@ def test_other_client_errors(pipeline: Pipeline, api: httpx.Client, listener: Ev
     assert listener.of("report.requested") == []
 
 
-def test_no_download_ever_leaves_the_reports_directory(
-    pipeline: Pipeline, gateway: Gateway, api: httpx.Client
-) -> None:
+def test_no_download_ever_leaves_the_reports_directory(pipeline: Pipeline, gateway: Gateway, api: httpx.Client) -> None:
     target = urlsplit(gateway.url)
     for raw_path in (
         "/api/reports/../../../../etc/passwd/download",
@@ -293,10 +319,14 @@ def test_no_download_ever_leaves_the_reports_directory(
     outside.write_text("top secret\r\n")
     (pipeline.reports_dir / "link-out.csv").symlink_to(outside)
     (pipeline.reports_dir / "fine.csv").write_text("language\r\n")
-    paths = ["/etc/passwd", f"{pipeline.reports_dir}/../secret.csv", f"{pipeline.reports_dir}/link-out.csv",
-             f"{pipeline.reports_dir}/..", f"/elsewhere/{pipeline.reports_dir.name}/fine.csv"]
-    cases = {f"{'control' if path.endswith('fine.csv') else 'poison'}-{uuid.uuid4().hex[:8]}": path
-             for path in paths}
+    paths = [
+        "/etc/passwd",
+        f"{pipeline.reports_dir}/../secret.csv",
+        f"{pipeline.reports_dir}/link-out.csv",
+        f"{pipeline.reports_dir}/..",
+        f"/elsewhere/{pipeline.reports_dir.name}/fine.csv",
+    ]
+    cases = {f"{'control' if path.endswith('fine.csv') else 'poison'}-{uuid.uuid4().hex[:8]}": path for path in paths}
     for report_id, path in cases.items():
         publish_exported(pipeline, report_id, path)
     for report_id in cases:
@@ -309,15 +339,14 @@ def test_no_download_ever_leaves_the_reports_directory(
             assert "top secret" not in response.text and "root:" not in response.text
 
 
-def test_an_unhandled_error_is_a_500_and_an_email_to_the_admins(
-    api: httpx.Client, module_smtp_sink: SmtpSink
-) -> None:
+def test_an_unhandled_error_is_a_500_and_an_email_to_the_admins(api: httpx.Client, module_smtp_sink: SmtpSink) -> None:
     response = api.get("/api/_debug/fail")
 
     assert response.status_code == 500
     assert response.json() == {"detail": "internal server error; the admins were told"}
     mail = module_smtp_sink.wait_for(
-        lambda m: ADMIN in str(m["To"]) and "forced failure from /api/_debug/fail" in m.get_content(), 60)[0]
+        lambda m: ADMIN in str(m["To"]) and "forced failure from /api/_debug/fail" in m.get_content(), 60
+    )[0]
     assert str(mail["Subject"]).strip().startswith("[hotrepos] ERROR in gateway: request.crashed")
     assert "GET" in mail.get_content() and "RuntimeError" in mail.get_content()
 
@@ -357,8 +386,7 @@ def test_while_the_broker_is_away_a_request_gets_503_then_its_retry_goes_through
 
 
 def test_the_history_is_newest_first_and_paginated(api: httpx.Client) -> None:
-    ids = [api.post("/api/reports", json={"period": period}).json()["report_id"]
-           for period in ("day", "week", "month")]
+    ids = [api.post("/api/reports", json={"period": period}).json()["report_id"] for period in ("day", "week", "month")]
 
     newest = api.get("/api/reports", params={"limit": 3}).json()
     assert [item["report_id"] for item in newest["items"]] == ids[::-1]
@@ -378,8 +406,14 @@ def test_health_the_page_and_the_api_docs(api: httpx.Client) -> None:
     assert page.status_code == 200 and 'id="generate"' in page.text
     assert api.get("/docs").status_code == 200
     paths = api.get("/openapi.json").json()["paths"]
-    assert {"/api/reports", "/api/reports/{report_id}", "/api/reports/{report_id}/events",
-            "/api/reports/{report_id}/download", "/healthz", "/readyz"} <= set(paths)
+    assert {
+        "/api/reports",
+        "/api/reports/{report_id}",
+        "/api/reports/{report_id}/events",
+        "/api/reports/{report_id}/download",
+        "/healthz",
+        "/readyz",
+    } <= set(paths)
 
 
 def test_delete_cancels_a_report_in_flight(api: httpx.Client, fake_github: FakeGitHub, pipeline: Pipeline) -> None:

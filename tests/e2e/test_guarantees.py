@@ -30,9 +30,11 @@ def listener(pipeline: Pipeline) -> Iterator[EventListener]:
 
 
 def outcome_ids(listener: EventListener, report_id: str) -> set[tuple[str, str]]:
-    return {(e["type"], e["id"]) for e in listener.events
-            if e.get("type") in ("report.exported", "report.failed")
-            and (e.get("data") or {}).get("report_id") == report_id}
+    return {
+        (e["type"], e["id"])
+        for e in listener.events
+        if e.get("type") in ("report.exported", "report.failed") and (e.get("data") or {}).get("report_id") == report_id
+    }
 
 
 def test_a_duplicated_request_makes_one_report_one_csv_one_email(
@@ -55,8 +57,11 @@ def test_a_republished_outcome_sends_no_second_email(
     pipeline: Pipeline, listener: EventListener, module_smtp_sink: SmtpSink
 ) -> None:
     report_id = f"rep-{uuid.uuid4().hex[:12]}"
-    publish(pipeline.amqp_url, "report.requested",
-            cloud_event("report.requested", {"report_id": report_id, "period": "day", "notify": REQUESTER}))
+    publish(
+        pipeline.amqp_url,
+        "report.requested",
+        cloud_event("report.requested", {"report_id": report_id, "period": "day", "notify": REQUESTER}),
+    )
     exported = listener.wait_for_outcome(report_id, 90)
     module_smtp_sink.wait_for(lambda m: report_id in m.get_content(), 30)
     # The same outcome republished under a new event id, as a confused publisher would.
@@ -73,12 +78,18 @@ def test_cancel_drops_pending_work_and_fails_the_report_once(
     fake_github.set_latency(1500)
     fake_github.add_fault("retry_after", page=5, times=None, seconds=30)
     report_id = f"cancel-{uuid.uuid4().hex[:12]}"
-    publish(pipeline.amqp_url, "report.requested",
-            cloud_event("report.requested", {"report_id": report_id, "period": "month"}))
+    publish(
+        pipeline.amqp_url,
+        "report.requested",
+        cloud_event("report.requested", {"report_id": report_id, "period": "month"}),
+    )
     listener.wait_for(lambda e: e["type"] == "report.page.fetched" and e["data"]["report_id"] == report_id, 60)
     result = subprocess.run(
         [sys.executable, "-m", "hotrepos_cli", "cancel", report_id, "--reason", "changed my mind"],
-        env={**os.environ, "AMQP_URL": pipeline.amqp_url}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "AMQP_URL": pipeline.amqp_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     failed = listener.wait_for_outcome(report_id, 30)
@@ -90,9 +101,7 @@ def test_cancel_drops_pending_work_and_fails_the_report_once(
     fake_github.set_latency(0)
 
 
-def test_sigterm_finishes_or_requeues_in_flight_work_and_exits_in_bound(
-    pipeline: Pipeline, tmp_path: Path
-) -> None:
+def test_sigterm_finishes_or_requeues_in_flight_work_and_exits_in_bound(pipeline: Pipeline, tmp_path: Path) -> None:
     """A second exporter gets a burst, then SIGTERM: every message ends exported or back in the queue."""
     listener = EventListener(pipeline.amqp_url, "report.exported")
     env = {**pipeline.env(), "REPORTS_DIR": str(tmp_path)}
@@ -108,8 +117,11 @@ def test_sigterm_finishes_or_requeues_in_flight_work_and_exits_in_bound(
         report_id = f"term-{index}-{uuid.uuid4().hex[:8]}"
         ids.append(report_id)
         spec = {"period": "day", "since": dt.date(2026, 11, 21).isoformat(), "layout": "rows"}
-        publish(pipeline.amqp_url, "report.aggregated", cloud_event(
-            "report.aggregated", {"report_id": report_id, "spec": spec, "total": 0, "languages": []}))
+        publish(
+            pipeline.amqp_url,
+            "report.aggregated",
+            cloud_event("report.aggregated", {"report_id": report_id, "spec": spec, "total": 0, "languages": []}),
+        )
     listener.wait_for(lambda e: e["data"]["report_id"] in ids, 30)
     assert exporter.process is not None
     started = time.monotonic()

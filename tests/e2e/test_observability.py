@@ -34,9 +34,16 @@ def measured_pipeline(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Pipeline]:
     """The four services as processes, each with a metrics port of its own."""
-    with running_pipeline(broker, redis_url, module_fake_github.url, module_smtp_sink.port,
-                          tmp_path_factory.mktemp("measured"), TODAY, "hotrepos-e2e-metrics",
-                          with_metrics=True) as running:
+    with running_pipeline(
+        broker,
+        redis_url,
+        module_fake_github.url,
+        module_smtp_sink.port,
+        tmp_path_factory.mktemp("measured"),
+        TODAY,
+        "hotrepos-e2e-metrics",
+        with_metrics=True,
+    ) as running:
         yield running
 
 
@@ -74,9 +81,7 @@ def request_report(pipeline: Pipeline, report_id: str) -> dict[str, object]:
     return event
 
 
-def test_a_report_moves_the_counters_of_every_service(
-    measured_pipeline: Pipeline, module_smtp_sink: SmtpSink
-) -> None:
+def test_a_report_moves_the_counters_of_every_service(measured_pipeline: Pipeline, module_smtp_sink: SmtpSink) -> None:
     scrapes = Scrapes(measured_pipeline)
     report_id = f"metrics-{uuid.uuid4().hex[:12]}"
     listener = EventListener(measured_pipeline.amqp_url, "report.#")

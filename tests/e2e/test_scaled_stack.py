@@ -66,6 +66,7 @@ def test_scaled_stack_makes_each_report_once(
         listener = EventListener(broker.amqp_url(vhost), "report.#")
         stack.start()
         try:
+
             def consumers_on(queue: str, count: int) -> bool:
                 assert not stack.exited(), output.getvalue()[-6000:]
                 try:
@@ -100,9 +101,7 @@ def test_scaled_stack_makes_each_report_once(
             exported = Counter(e["data"]["report_id"] for e in listener.of("report.exported"))
             assert exported == Counter(dict.fromkeys(reports, 1))
             assert listener.of("report.failed") == []
-            pages = Counter(
-                (e["data"]["report_id"], e["data"]["page"]) for e in listener.of("report.page.fetched")
-            )
+            pages = Counter((e["data"]["report_id"], e["data"]["page"]) for e in listener.of("report.page.fetched"))
             assert set(pages) == {(report_id, page) for report_id in reports for page in range(1, 6)}
             for report_id, notify in reports.items():
                 assert len(list(reports_dir.glob(f"*-{report_id}.csv"))) == 1

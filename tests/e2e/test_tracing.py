@@ -38,8 +38,13 @@ def traced_pipeline(
 ) -> Iterator[Pipeline]:
     """The four services as processes, each exporting its spans to the test's OTLP receiver."""
     with running_pipeline(
-        broker, redis_url, module_fake_github.url, module_smtp_sink.port, tmp_path_factory.mktemp("traced"),
-        TODAY, "hotrepos-e2e-tracing",
+        broker,
+        redis_url,
+        module_fake_github.url,
+        module_smtp_sink.port,
+        tmp_path_factory.mktemp("traced"),
+        TODAY,
+        "hotrepos-e2e-tracing",
         extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
     ) as running:
         yield running
@@ -91,9 +96,7 @@ def test_a_report_requested_with_a_traceparent_is_one_trace_to_the_email(
     traced_pipeline: Pipeline, module_smtp_sink: SmtpSink, collector: OtlpReceiver
 ) -> None:
     trace_id, parent_span_id = secrets.token_hex(16), secrets.token_hex(8)
-    report_id = request_and_wait_for_email(
-        traced_pipeline, module_smtp_sink, f"00-{trace_id}-{parent_span_id}-01"
-    )
+    report_id = request_and_wait_for_email(traced_pipeline, module_smtp_sink, f"00-{trace_id}-{parent_span_id}-01")
     spans = wait_for_trace(collector, report_id, parent_span_id)
 
     assert {s.trace_id for s in spans} == {trace_id}

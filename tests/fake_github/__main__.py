@@ -14,17 +14,21 @@ from .server import FakeGitHub
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.fake_github", description="Serve a fake GitHub search API.")
+    parser = argparse.ArgumentParser(prog="python -m tests.fake_github", description="Serve a fake GitHub search API.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=int, default=0)
-    parser.add_argument("--rate-limit", type=int, default=None,
-                        help="requests per token (or IP) per rolling minute; default unlimited")
+    parser.add_argument(
+        "--rate-limit", type=int, default=None, help="requests per token (or IP) per rolling minute; default unlimited"
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--repos", type=int, default=DEFAULT_REPOSITORY_COUNT)
-    parser.add_argument("--today", type=date.fromisoformat, default=None,
-                        help="YYYY-MM-DD the dataset counts back from; default today (UTC)")
+    parser.add_argument(
+        "--today",
+        type=date.fromisoformat,
+        default=None,
+        help="YYYY-MM-DD the dataset counts back from; default today (UTC)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser.parse_args(argv)
 

@@ -65,52 +65,158 @@ LANGUAGE_WEIGHTS: tuple[tuple[str, int], ...] = (
 )
 
 LICENSES: tuple[dict[str, Any] | None, ...] = (
-    {"key": "mit", "name": "MIT License", "spdx_id": "MIT",
-     "url": f"{API}/licenses/mit", "node_id": "MDc6TGljZW5zZTEz"},
-    {"key": "apache-2.0", "name": "Apache License 2.0", "spdx_id": "Apache-2.0",
-     "url": f"{API}/licenses/apache-2.0", "node_id": "MDc6TGljZW5zZTI="},
-    {"key": "gpl-3.0", "name": "GNU General Public License v3.0", "spdx_id": "GPL-3.0",
-     "url": f"{API}/licenses/gpl-3.0", "node_id": "MDc6TGljZW5zZTk="},
-    {"key": "bsd-3-clause", "name": 'BSD 3-Clause "New" or "Revised" License',
-     "spdx_id": "BSD-3-Clause", "url": f"{API}/licenses/bsd-3-clause",
-     "node_id": "MDc6TGljZW5zZTU="},
-    {"key": "agpl-3.0", "name": "GNU Affero General Public License v3.0",
-     "spdx_id": "AGPL-3.0", "url": f"{API}/licenses/agpl-3.0",
-     "node_id": "MDc6TGljZW5zZTE="},
-    {"key": "mpl-2.0", "name": "Mozilla Public License 2.0", "spdx_id": "MPL-2.0",
-     "url": f"{API}/licenses/mpl-2.0", "node_id": "MDc6TGljZW5zZTE0"},
-    {"key": "unlicense", "name": "The Unlicense", "spdx_id": "Unlicense",
-     "url": f"{API}/licenses/unlicense", "node_id": "MDc6TGljZW5zZTE1"},
-    {"key": "other", "name": "Other", "spdx_id": "NOASSERTION", "url": None,
-     "node_id": "MDc6TGljZW5zZTA="},
+    {
+        "key": "mit",
+        "name": "MIT License",
+        "spdx_id": "MIT",
+        "url": f"{API}/licenses/mit",
+        "node_id": "MDc6TGljZW5zZTEz",
+    },
+    {
+        "key": "apache-2.0",
+        "name": "Apache License 2.0",
+        "spdx_id": "Apache-2.0",
+        "url": f"{API}/licenses/apache-2.0",
+        "node_id": "MDc6TGljZW5zZTI=",
+    },
+    {
+        "key": "gpl-3.0",
+        "name": "GNU General Public License v3.0",
+        "spdx_id": "GPL-3.0",
+        "url": f"{API}/licenses/gpl-3.0",
+        "node_id": "MDc6TGljZW5zZTk=",
+    },
+    {
+        "key": "bsd-3-clause",
+        "name": 'BSD 3-Clause "New" or "Revised" License',
+        "spdx_id": "BSD-3-Clause",
+        "url": f"{API}/licenses/bsd-3-clause",
+        "node_id": "MDc6TGljZW5zZTU=",
+    },
+    {
+        "key": "agpl-3.0",
+        "name": "GNU Affero General Public License v3.0",
+        "spdx_id": "AGPL-3.0",
+        "url": f"{API}/licenses/agpl-3.0",
+        "node_id": "MDc6TGljZW5zZTE=",
+    },
+    {
+        "key": "mpl-2.0",
+        "name": "Mozilla Public License 2.0",
+        "spdx_id": "MPL-2.0",
+        "url": f"{API}/licenses/mpl-2.0",
+        "node_id": "MDc6TGljZW5zZTE0",
+    },
+    {
+        "key": "unlicense",
+        "name": "The Unlicense",
+        "spdx_id": "Unlicense",
+        "url": f"{API}/licenses/unlicense",
+        "node_id": "MDc6TGljZW5zZTE1",
+    },
+    {"key": "other", "name": "Other", "spdx_id": "NOASSERTION", "url": None, "node_id": "MDc6TGljZW5zZTA="},
     None,
 )
 LICENSE_WEIGHTS = (40, 22, 8, 5, 3, 3, 2, 4, 13)
 
 WORDS = (
-    "atlas", "beacon", "cinder", "delta", "ember", "falcon", "glyph", "harbor",
-    "ion", "juniper", "kite", "lumen", "mosaic", "nimbus", "orbit", "pixel",
-    "quartz", "raven", "sable", "tensor", "umbra", "vertex", "willow", "xenon",
-    "yarrow", "zephyr", "agent", "forge", "stack", "flow", "lens", "vault",
-    "relay", "spark", "grid", "shell", "prism", "echo", "drift", "bloom",
+    "atlas",
+    "beacon",
+    "cinder",
+    "delta",
+    "ember",
+    "falcon",
+    "glyph",
+    "harbor",
+    "ion",
+    "juniper",
+    "kite",
+    "lumen",
+    "mosaic",
+    "nimbus",
+    "orbit",
+    "pixel",
+    "quartz",
+    "raven",
+    "sable",
+    "tensor",
+    "umbra",
+    "vertex",
+    "willow",
+    "xenon",
+    "yarrow",
+    "zephyr",
+    "agent",
+    "forge",
+    "stack",
+    "flow",
+    "lens",
+    "vault",
+    "relay",
+    "spark",
+    "grid",
+    "shell",
+    "prism",
+    "echo",
+    "drift",
+    "bloom",
 )
 QUALIFIERS = (
-    "Blazing-fast", "Minimal", "Type-safe", "Self-hosted", "Open-source",
-    "Lightweight", "Production-ready", "Experimental", "Local-first",
-    "Privacy-focused", "Zero-dependency", "Modern", "Composable", "Tiny",
+    "Blazing-fast",
+    "Minimal",
+    "Type-safe",
+    "Self-hosted",
+    "Open-source",
+    "Lightweight",
+    "Production-ready",
+    "Experimental",
+    "Local-first",
+    "Privacy-focused",
+    "Zero-dependency",
+    "Modern",
+    "Composable",
+    "Tiny",
 )
 PURPOSES = (
-    "toolkit", "framework", "library", "CLI", "engine", "runtime", "SDK",
-    "server", "dashboard", "plugin", "compiler", "agent", "starter template",
-    "benchmark suite", "desktop app",
+    "toolkit",
+    "framework",
+    "library",
+    "CLI",
+    "engine",
+    "runtime",
+    "SDK",
+    "server",
+    "dashboard",
+    "plugin",
+    "compiler",
+    "agent",
+    "starter template",
+    "benchmark suite",
+    "desktop app",
 )
 DOMAINS = (
-    "LLM agents", "vector search", "static sites", "terminal UIs",
-    "Kubernetes operators", "data pipelines", "web scraping", "game engines",
-    "home automation", "code review", "time-series databases", "observability",
-    "image generation", "speech recognition", "password management",
-    "browser automation", "edge functions", "embedded devices", "spreadsheets",
-    "note taking", "retrieval-augmented generation", "GPU kernels",
+    "LLM agents",
+    "vector search",
+    "static sites",
+    "terminal UIs",
+    "Kubernetes operators",
+    "data pipelines",
+    "web scraping",
+    "game engines",
+    "home automation",
+    "code review",
+    "time-series databases",
+    "observability",
+    "image generation",
+    "speech recognition",
+    "password management",
+    "browser automation",
+    "edge functions",
+    "embedded devices",
+    "spreadsheets",
+    "note taking",
+    "retrieval-augmented generation",
+    "GPU kernels",
 )
 TAGLINES = (
     "Batteries included.",
@@ -125,20 +231,72 @@ TAGLINES = (
     "MIT licensed and open to contributions of every size.",
 )
 TOPICS = (
-    "llm", "ai", "machine-learning", "deep-learning", "python", "typescript",
-    "rust", "golang", "cli", "developer-tools", "productivity", "open-source",
-    "self-hosted", "automation", "agents", "rag", "vector-database", "webassembly",
-    "kubernetes", "docker", "devops", "observability", "database", "sqlite",
-    "postgresql", "react", "nextjs", "svelte", "tauri", "electron", "terminal",
-    "tui", "web-scraping", "data-engineering", "etl", "analytics", "security",
-    "privacy", "cryptography", "game-development", "graphics", "gpu", "cuda",
-    "embedded", "iot", "home-assistant", "chatgpt", "openai", "anthropic",
-    "langchain", "transformers", "computer-vision", "speech-to-text", "nlp",
-    "static-site-generator", "markdown", "note-taking", "api", "rest-api",
-    "graphql", "microservices", "performance", "benchmark", "testing",
+    "llm",
+    "ai",
+    "machine-learning",
+    "deep-learning",
+    "python",
+    "typescript",
+    "rust",
+    "golang",
+    "cli",
+    "developer-tools",
+    "productivity",
+    "open-source",
+    "self-hosted",
+    "automation",
+    "agents",
+    "rag",
+    "vector-database",
+    "webassembly",
+    "kubernetes",
+    "docker",
+    "devops",
+    "observability",
+    "database",
+    "sqlite",
+    "postgresql",
+    "react",
+    "nextjs",
+    "svelte",
+    "tauri",
+    "electron",
+    "terminal",
+    "tui",
+    "web-scraping",
+    "data-engineering",
+    "etl",
+    "analytics",
+    "security",
+    "privacy",
+    "cryptography",
+    "game-development",
+    "graphics",
+    "gpu",
+    "cuda",
+    "embedded",
+    "iot",
+    "home-assistant",
+    "chatgpt",
+    "openai",
+    "anthropic",
+    "langchain",
+    "transformers",
+    "computer-vision",
+    "speech-to-text",
+    "nlp",
+    "static-site-generator",
+    "markdown",
+    "note-taking",
+    "api",
+    "rest-api",
+    "graphql",
+    "microservices",
+    "performance",
+    "benchmark",
+    "testing",
 )
-HOMEPAGES = ("", None, "https://{login}.github.io/{name}", "https://{name}.dev",
-             "https://docs.{name}.io/en/latest/")
+HOMEPAGES = ("", None, "https://{login}.github.io/{name}", "https://{name}.dev", "https://docs.{name}.io/en/latest/")
 
 
 def _node_id(prefix: str, number: int) -> str:
@@ -226,9 +384,7 @@ class _RepositoryFactory:
     def __init__(self, seed: int, count: int, today: date) -> None:
         self.rng = random.Random(seed)
         self.count = count
-        self.span_start = datetime.combine(
-            today - timedelta(days=CREATED_SPAN_DAYS), time(), tzinfo=UTC
-        )
+        self.span_start = datetime.combine(today - timedelta(days=CREATED_SPAN_DAYS), time(), tzinfo=UTC)
         self.span_end = datetime.combine(today, time(), tzinfo=UTC)
         self.used_names: set[str] = set()
         self.owners: list[tuple[str, int, bool]] = []
@@ -264,8 +420,7 @@ class _RepositoryFactory:
         if rng.random() < NULL_DESCRIPTION_SHARE:
             return None
         first, second = rng.sample(TAGLINES, 2)
-        return (f"{rng.choice(QUALIFIERS)} {rng.choice(PURPOSES)} for "
-                f"{rng.choice(DOMAINS)}. {first} {second}")
+        return f"{rng.choice(QUALIFIERS)} {rng.choice(PURPOSES)} for {rng.choice(DOMAINS)}. {first} {second}"
 
     def language(self) -> str | None:
         if self.rng.random() < NULL_LANGUAGE_SHARE:
@@ -288,15 +443,13 @@ class _RepositoryFactory:
         created = self.span_start + timedelta(seconds=rng.randrange(span_seconds))
         remaining = max(int((self.span_end - created).total_seconds()), 1)
         pushed = created + timedelta(seconds=rng.randrange(remaining))
-        updated = pushed + timedelta(seconds=rng.randrange(max(int(
-            (self.span_end - pushed).total_seconds()), 1)))
+        updated = pushed + timedelta(seconds=rng.randrange(max(int((self.span_end - pushed).total_seconds()), 1)))
         stars = self.stars()
         forks = int(stars * rng.uniform(0.02, 0.2))
         open_issues = rng.randint(0, max(stars // 40, 3))
         license_info = rng.choices(LICENSES, LICENSE_WEIGHTS)[0]
         homepage_template = rng.choice(HOMEPAGES)
-        homepage = (homepage_template.format(login=login.lower(), name=name)
-                    if homepage_template else homepage_template)
+        homepage = homepage_template.format(login=login.lower(), name=name) if homepage_template else homepage_template
         topics = sorted(rng.sample(TOPICS, rng.randint(3, 12)))
         item: dict[str, Any] = {
             "id": repo_id,

@@ -90,8 +90,9 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return any(tag in ("*", wanted) for tag in candidates)
 
 
-def json_reply(status: int, payload: Any, headers: Mapping[str, str] | None = None,
-               rate_limited: bool = False) -> Reply:
+def json_reply(
+    status: int, payload: Any, headers: Mapping[str, str] | None = None, rate_limited: bool = False
+) -> Reply:
     """A reply whose body is the payload as UTF-8 JSON."""
     body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
     return Reply(status, body, {"Content-Type": JSON_CONTENT_TYPE, **(headers or {})}, rate_limited)
@@ -101,8 +102,7 @@ def _base_headers(state: FakeState, decision: RateDecision) -> dict[str, str]:
     return {**GITHUB_HEADERS, **decision.headers(), "X-GitHub-Request-Id": state.next_request_id()}
 
 
-def _rate_limited_reply(state: FakeState, request: ApiRequest, limit: int,
-                        reset_epoch: int) -> Reply:
+def _rate_limited_reply(state: FakeState, request: ApiRequest, limit: int, reset_epoch: int) -> Reply:
     exhausted = RateDecision(False, limit, 0, limit, reset_epoch)
     body = rate_limit_body(request.token, request.client_ip)
     return json_reply(403, body, _base_headers(state, exhausted), rate_limited=True)
@@ -111,14 +111,12 @@ def _rate_limited_reply(state: FakeState, request: ApiRequest, limit: int,
 def _fault_error_reply(state: FakeState, request: ApiRequest, fault: FaultRule) -> Reply:
     if fault.kind == "rate_limit":
         limit = state.limiter.limit or GITHUB_SEARCH_LIMIT
-        return _rate_limited_reply(
-            state, request, limit, math.ceil(time.time() + fault.reset_in))
+        return _rate_limited_reply(state, request, limit, math.ceil(time.time() + fault.reset_in))
     headers = _base_headers(state, state.limiter.take(request.rate_key, consume=False))
     if fault.kind == "retry_after":
         retry_after = math.ceil(fault.wait_seconds)
         body = secondary_rate_limit_body(headers["X-GitHub-Request-Id"])
-        return json_reply(429, body, {**headers, "Retry-After": str(retry_after)},
-                          rate_limited=True)
+        return json_reply(429, body, {**headers, "Retry-After": str(retry_after)}, rate_limited=True)
     if isinstance(fault.body, str):
         text_headers = {**headers, "Content-Type": "text/html; charset=utf-8"}
         return Reply(fault.status, fault.body.encode("utf-8"), text_headers)

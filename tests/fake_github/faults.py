@@ -7,10 +7,18 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-FAULT_KINDS = frozenset({
-    "status", "rate_limit", "retry_after", "timeout",
-    "truncated", "incomplete", "shift", "missing_fields",
-})
+FAULT_KINDS = frozenset(
+    {
+        "status",
+        "rate_limit",
+        "retry_after",
+        "timeout",
+        "truncated",
+        "incomplete",
+        "shift",
+        "missing_fields",
+    }
+)
 # Kinds that answer with an error instead of the page.
 ERROR_KINDS = frozenset({"status", "rate_limit", "retry_after"})
 DEFAULT_TIMEOUT_SECONDS = 40.0

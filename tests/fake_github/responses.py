@@ -7,13 +7,9 @@ from typing import Any
 
 REST_DOCS = "https://docs.github.com/rest"
 SEARCH_DOCS = "https://docs.github.com/v3/search/"
-RATE_LIMIT_DOCS = (
-    "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
-    "#about-primary-rate-limits"
-)
+RATE_LIMIT_DOCS = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-primary-rate-limits"
 SECONDARY_RATE_LIMIT_DOCS = (
-    "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
-    "#about-secondary-rate-limits"
+    "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"
 )
 SECONDARY_RATE_LIMIT_MESSAGE = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you "

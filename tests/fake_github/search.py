@@ -81,8 +81,7 @@ def parse_created_since(q: str) -> date:
     for term in terms:
         qualifier, _, value = term.partition(":")
         if qualifier != "created" or not value.startswith(">"):
-            raise _validation_failed(
-                "q", "invalid", f"the fake only understands created:>=YYYY-MM-DD, not {term!r}")
+            raise _validation_failed("q", "invalid", f"the fake only understands created:>=YYYY-MM-DD, not {term!r}")
         exclusive = not value.startswith(">=")
         try:
             day = date.fromisoformat(value.lstrip(">="))
@@ -110,17 +109,16 @@ def parse_search_query(params: Sequence[tuple[str, str]]) -> SearchQuery:
     page = max(_lenient_int(values.get("page"), 1), 1)
     query = SearchQuery(since, order == "desc", page, per_page, tuple(params))
     if query.start >= MAX_RESULTS:
-        raise SearchError(422, error_body(
-            "Only the first 1000 search results are available", 422, SEARCH_DOCS))
+        raise SearchError(422, error_body("Only the first 1000 search results are available", 422, SEARCH_DOCS))
     return query
 
 
-def render_page(total_count: int, items: Sequence[dict[str, Any]],
-                incomplete: bool = False) -> RenderedPage:
+def render_page(total_count: int, items: Sequence[dict[str, Any]], incomplete: bool = False) -> RenderedPage:
     """Serialize a search response body exactly as clients will receive it."""
     body = json.dumps(
         {"total_count": total_count, "incomplete_results": incomplete, "items": list(items)},
-        ensure_ascii=False, separators=(",", ":"),
+        ensure_ascii=False,
+        separators=(",", ":"),
     ).encode("utf-8")
     return RenderedPage(body, f'W/"{hashlib.sha256(body).hexdigest()}"', total_count)
 
@@ -173,7 +171,7 @@ class SearchIndex:
         """The items on the query's page, honouring the 1000-result cap."""
         matches = self.matches(query.created_since, query.descending)
         end = min(query.start + query.per_page, MAX_RESULTS)
-        return matches[query.start:end]
+        return matches[query.start : end]
 
     def previous_item(self, query: SearchQuery) -> dict[str, Any] | None:
         """The last item of the preceding page, if any."""

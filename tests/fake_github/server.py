@@ -228,15 +228,14 @@ class FakeGitHub:
     def __enter__(self) -> FakeGitHub:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.stop()
 
-    def add_fault(self, kind: str, *, page: int | None = None, times: int | None = None,
-                  **options: Any) -> None:
+    def add_fault(self, kind: str, *, page: int | None = None, times: int | None = None, **options: Any) -> None:
         """Append a fault rule; options are the kind's fields (status, body, seconds, reset_in)."""
-        self.state.faults.add(FaultRule.from_mapping(
-            {"kind": kind, "page": page, "times": times, **options}))
+        self.state.faults.add(FaultRule.from_mapping({"kind": kind, "page": page, "times": times, **options}))
 
     def add_faults(self, rules: Iterable[Mapping[str, Any]]) -> None:
         """Append fault rules given in their JSON form."""

@@ -17,8 +17,12 @@ def test_a_storm_of_identical_errors_gives_one_alert_per_interval(amqp_url: str)
         declare_topology(connection, [])
     listener = EventListener(amqp_url, "", exchange="hotrepos.alerts")
     now = [1000.0]
-    handler = AlertHandler("probe", lambda: Publisher(connect(settings), source="hotrepos/probe", pool_size=1),
-                           interval_seconds=60, clock=lambda: now[0])
+    handler = AlertHandler(
+        "probe",
+        lambda: Publisher(connect(settings), source="hotrepos/probe", pool_size=1),
+        interval_seconds=60,
+        clock=lambda: now[0],
+    )
     logger = logging.getLogger("hotrepos.probe.storm")
     logger.addHandler(handler)
     logger.propagate = False

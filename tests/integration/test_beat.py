@@ -37,7 +37,12 @@ def test_a_due_entry_publishes_a_report_request(amqp_url: str) -> None:
         event = listener.wait_for(lambda e: e["type"] == "report.requested", 20)
     today = dt.datetime.now(dt.UTC).date().isoformat()
     assert event["source"] == "hotrepos/fetcher-beat"
-    assert event["data"] == {"report_id": f"scheduled-week-{today}", "period": "week", "ref_date": today,
-                             "notify": "team@example.com", "layout": "rows"}
+    assert event["data"] == {
+        "report_id": f"scheduled-week-{today}",
+        "period": "week",
+        "ref_date": today,
+        "notify": "team@example.com",
+        "layout": "rows",
+    }
     assert event["correlationid"] == f"scheduled-week-{today}"
     listener.close()

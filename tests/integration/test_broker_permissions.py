@@ -44,8 +44,13 @@ from tests.support.broker_users import ServiceUsers, service_users
 from tests.support.services import ServiceProcess, wait_until
 
 CONSUMERS = tuple(service for service in principals() if subscriptions_with_control(service))
-EVENT_TYPES_ON_EVENTS = ("report.requested", "report.page.fetched", "report.aggregated",
-                         "report.exported", "report.failed")
+EVENT_TYPES_ON_EVENTS = (
+    "report.requested",
+    "report.page.fetched",
+    "report.aggregated",
+    "report.exported",
+    "report.failed",
+)
 SPEC = ReportSpec(period="day", since=dt.date(2026, 11, 21))
 
 
@@ -55,8 +60,16 @@ def sample(event_type: str, report_id: str) -> EventData:
         "report.requested": ReportRequested(report_id=report_id, period="day"),
         "report.page.fetched": ReportPageFetched(report_id=report_id, page=1, pages=1, spec=SPEC, items=[]),
         "report.aggregated": ReportAggregated(report_id=report_id, spec=SPEC, total=0, languages=[]),
-        "report.exported": ReportExported(report_id=report_id, path="r.csv", rows=0, sha256="0" * 64,
-                                          layout="rows", spec=SPEC, repositories=0, top_languages=[]),
+        "report.exported": ReportExported(
+            report_id=report_id,
+            path="r.csv",
+            rows=0,
+            sha256="0" * 64,
+            layout="rows",
+            spec=SPEC,
+            repositories=0,
+            top_languages=[],
+        ),
         "report.failed": ReportFailed(report_id=report_id, stage="test", reason="test"),
         "report.cancel.requested": ReportCancelRequested(report_id=report_id),
     }
@@ -127,8 +140,7 @@ def test_every_service_can_declare_publish_and_consume_what_it_needs(users: Serv
             for subscription in (s for s in SUBSCRIPTIONS if s.service == service):
                 # What the consumer wrapper does with a poison message, and with one to retry later.
                 publisher.publish_raw(b"{}", exchange=DLX, routing_key=subscription.queue_name)
-                publisher.publish_raw(b"{}", exchange=RETRY, routing_key=subscription.queue_name,
-                                      expiration=3600)
+                publisher.publish_raw(b"{}", exchange=RETRY, routing_key=subscription.queue_name, expiration=3600)
             if service == "fetcher":
                 publisher.publish_raw(b"{}", exchange=TASK_EXCHANGE, routing_key=TASK_QUEUE.routing_key)
         finally:
@@ -181,8 +193,7 @@ def test_publishing_another_services_event_is_refused(users: ServiceUsers) -> No
         for event_type in EVENT_TYPES_ON_EVENTS
     }
     allowed = {key for key, refused in outcomes.items() if refused is None}
-    assert allowed == {(service, t) for service in principals() for t in PUBLISHES[service]
-                       if exchange_of(t) is EVENTS}
+    assert allowed == {(service, t) for service in principals() for t in PUBLISHES[service] if exchange_of(t) is EVENTS}
     for key, refused in outcomes.items():
         if key not in allowed:
             # The notifier may not write to hotrepos.events at all; the others only with their keys.
@@ -265,6 +276,7 @@ def test_a_refused_publish_in_a_service_is_an_error_an_alert_and_a_dead_letter(
         tmp_path / "logs",
     ).start()
     try:
+
         def consuming() -> bool:
             assert aggregator.alive, aggregator.output()[-3000:]
             try:

@@ -18,8 +18,13 @@ from tests.support.broker import Broker
 
 
 def hotrepos(amqp_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hotrepos_cli", *args],
-                          env={**os.environ, "AMQP_URL": amqp_url}, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "hotrepos_cli", *args],
+        env={**os.environ, "AMQP_URL": amqp_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_list_show_replay_purge(amqp_url: str, broker: Broker, vhost: str) -> None:
@@ -27,16 +32,29 @@ def test_list_show_replay_purge(amqp_url: str, broker: Broker, vhost: str) -> No
         declare_topology(connection, [FETCHER_REQUESTED])
     good = cloud_event("report.requested", {"report_id": "replay-me", "period": "day"})
     # What our wrapper writes when it gives up on a message, and what the broker writes at its delivery limit.
-    publish(amqp_url, FETCHER_REQUESTED.queue_name, good, exchange="hotrepos.dlx", headers={
-        REASON_HEADER: "gave up after 30 retries: SMTP down",
-        "x-hotrepos-original-exchange": "hotrepos.events",
-        "x-hotrepos-original-routing-key": "report.requested",
-    })
+    publish(
+        amqp_url,
+        FETCHER_REQUESTED.queue_name,
+        good,
+        exchange="hotrepos.dlx",
+        headers={
+            REASON_HEADER: "gave up after 30 retries: SMTP down",
+            "x-hotrepos-original-exchange": "hotrepos.events",
+            "x-hotrepos-original-routing-key": "report.requested",
+        },
+    )
     poison = uuid.uuid4().hex
-    publish(amqp_url, FETCHER_REQUESTED.queue_name, b"not json " + poison.encode(), exchange="hotrepos.dlx",
-            headers={REASON_HEADER: "body is not JSON: Expecting value",
-                     "x-hotrepos-original-exchange": "hotrepos.events",
-                     "x-hotrepos-original-routing-key": "report.requested"})
+    publish(
+        amqp_url,
+        FETCHER_REQUESTED.queue_name,
+        b"not json " + poison.encode(),
+        exchange="hotrepos.dlx",
+        headers={
+            REASON_HEADER: "body is not JSON: Expecting value",
+            "x-hotrepos-original-exchange": "hotrepos.events",
+            "x-hotrepos-original-routing-key": "report.requested",
+        },
+    )
 
     listed = hotrepos(amqp_url, "dlq", "list")
     assert listed.returncode == 0, listed.stderr
@@ -44,8 +62,7 @@ def test_list_show_replay_purge(amqp_url: str, broker: Broker, vhost: str) -> No
 
     output = hotrepos(amqp_url, "dlq", "show", "fetcher.report.requested").stdout
     shown = [json.loads(line) for line in output.splitlines()]
-    assert [s["reason"] for s in shown] == [
-        "gave up after 30 retries: SMTP down", "body is not JSON: Expecting value"]
+    assert [s["reason"] for s in shown] == ["gave up after 30 retries: SMTP down", "body is not JSON: Expecting value"]
     assert shown[0]["origin"] == "hotrepos.events / report.requested"
     assert poison in shown[1]["body"]
     assert queue_depth(amqp_url, "fetcher.report.requested.dlq") == 2  # show takes nothing

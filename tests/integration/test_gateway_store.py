@@ -16,8 +16,14 @@ PAGES = 10
 
 
 def event_of(data: EventData, at: dt.datetime | None = None) -> CloudEvent:
-    return CloudEvent(specversion="1.0", id=str(uuid.uuid4()), type=event_type_of(data), source="tests",
-                      time=at or dt.datetime.now(dt.UTC), data=data.model_dump(mode="json"))
+    return CloudEvent(
+        specversion="1.0",
+        id=str(uuid.uuid4()),
+        type=event_type_of(data),
+        source="tests",
+        time=at or dt.datetime.now(dt.UTC),
+        data=data.model_dump(mode="json"),
+    )
 
 
 def test_pages_folded_by_concurrent_replicas_are_all_counted(redis_url: str) -> None:

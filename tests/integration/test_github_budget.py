@@ -41,8 +41,14 @@ def token(github: FakeGitHub, redis_client: redis.Redis) -> Iterator[str]:
         redis_client.delete(key)
 
 
-def replica(github: FakeGitHub, redis_client: redis.Redis, token: str, *, fresh_seconds: float | None = 60,
-            limit: int | None = None) -> GitHubClient:
+def replica(
+    github: FakeGitHub,
+    redis_client: redis.Redis,
+    token: str,
+    *,
+    fresh_seconds: float | None = 60,
+    limit: int | None = None,
+) -> GitHubClient:
     """What one fetcher process builds: its own HTTP session, the shared cache and budget."""
     scope = github_scope(github.url, token)
     return GitHubClient(
@@ -53,8 +59,7 @@ def replica(github: FakeGitHub, redis_client: redis.Redis, token: str, *, fresh_
     )
 
 
-def test_a_fresh_page_is_served_from_the_cache(github: FakeGitHub, redis_client: redis.Redis,
-                                               token: str) -> None:
+def test_a_fresh_page_is_served_from_the_cache(github: FakeGitHub, redis_client: redis.Redis, token: str) -> None:
     first = replica(github, redis_client, token).search_page(SINCE, 2)
     again = replica(github, redis_client, token).search_page(SINCE, 2)
     assert again.items == first.items and again.total_count == first.total_count
@@ -62,8 +67,9 @@ def test_a_fresh_page_is_served_from_the_cache(github: FakeGitHub, redis_client:
     assert github.stats()["requests"] == 1
 
 
-def test_concurrent_identical_fetches_cost_one_request(github: FakeGitHub, redis_client: redis.Redis,
-                                                       token: str) -> None:
+def test_concurrent_identical_fetches_cost_one_request(
+    github: FakeGitHub, redis_client: redis.Redis, token: str
+) -> None:
     github.set_latency(300)  # all six ask while the first answer is still on its way
     replicas = [replica(github, redis_client, token) for _ in range(6)]
     pages: list[SearchPage] = []
@@ -85,8 +91,9 @@ def test_concurrent_identical_fetches_cost_one_request(github: FakeGitHub, redis
     assert github.stats()["requests"] == 1
 
 
-def test_a_stale_page_is_revalidated_with_its_etag_for_free(github: FakeGitHub, redis_client: redis.Redis,
-                                                            token: str) -> None:
+def test_a_stale_page_is_revalidated_with_its_etag_for_free(
+    github: FakeGitHub, redis_client: redis.Redis, token: str
+) -> None:
     # Never fresh: each search asks GitHub again, with the ETag of the page it holds.
     client = replica(github, redis_client, token, fresh_seconds=0, limit=10)
     first = client.search_page(SINCE, 1)
@@ -99,9 +106,9 @@ def test_a_stale_page_is_revalidated_with_its_etag_for_free(github: FakeGitHub, 
     assert budget.take().slot is not None and budget.take().slot is None
 
 
-def test_replicas_share_one_budget_and_stay_under_githubs_limit(github: FakeGitHub,
-                                                                redis_client: redis.Redis,
-                                                                token: str) -> None:
+def test_replicas_share_one_budget_and_stay_under_githubs_limit(
+    github: FakeGitHub, redis_client: redis.Redis, token: str
+) -> None:
     github.set_rate_limit(3)
     first = replica(github, redis_client, token, fresh_seconds=None, limit=3)
     second = replica(github, redis_client, token, fresh_seconds=None, limit=3)
@@ -115,8 +122,7 @@ def test_replicas_share_one_budget_and_stay_under_githubs_limit(github: FakeGitH
     assert stats["requests"] == 3 and stats["rate_limited"] == 0
 
 
-def test_githubs_own_rate_limit_pauses_every_replica(github: FakeGitHub, redis_client: redis.Redis,
-                                                     token: str) -> None:
+def test_githubs_own_rate_limit_pauses_every_replica(github: FakeGitHub, redis_client: redis.Redis, token: str) -> None:
     github.add_fault("rate_limit", page=1, times=1, reset_in=30)
     with pytest.raises(RateLimited):
         replica(github, redis_client, token, fresh_seconds=None, limit=30).search_page(SINCE, 1)

@@ -37,7 +37,15 @@ def test_a_page_is_fetched_with_the_token_and_trimmed(github: FakeGitHub) -> Non
     expected = github.expected_items(SINCE, pages=1)
     assert [r.id for r in page.items] == [item["id"] for item in expected]
     assert page.items[0].model_dump().keys() == {
-        "id", "full_name", "html_url", "description", "language", "stargazers_count", "forks_count", "created_at"}
+        "id",
+        "full_name",
+        "html_url",
+        "description",
+        "language",
+        "stargazers_count",
+        "forks_count",
+        "created_at",
+    }
     assert github.stats()["by_token"] == {"secret-token": 1}
 
 
@@ -78,8 +86,13 @@ def test_missing_optional_fields_are_tolerated(github: FakeGitHub) -> None:
 
 def decide(github: FakeGitHub, attempt: int) -> object:
     spec = ReportSpec(period="week", since=SINCE)
-    return fetch_page(PageFetch("r", 2, 5, spec), attempt, github=client(github),
-                      policy=RetryPolicy(max_attempts=3, base_delay=0.5), rng=random.Random(1))
+    return fetch_page(
+        PageFetch("r", 2, 5, spec),
+        attempt,
+        github=client(github),
+        policy=RetryPolicy(max_attempts=3, base_delay=0.5),
+        rng=random.Random(1),
+    )
 
 
 def test_retry_decisions(github: FakeGitHub) -> None:

@@ -46,9 +46,9 @@ class Probe:
 
 
 @pytest.fixture
-def proxied_service(broker: Broker, vhost: str, redis_url: str, tmp_path: Path) -> Iterator[
-    tuple[Probe, TcpProxy, TcpProxy]
-]:
+def proxied_service(
+    broker: Broker, vhost: str, redis_url: str, tmp_path: Path
+) -> Iterator[tuple[Probe, TcpProxy, TcpProxy]]:
     broker_proxy = TcpProxy(broker.host, broker.port).start()
     redis_parts = urlsplit(redis_url)
     redis_proxy = TcpProxy(redis_parts.hostname or "127.0.0.1", redis_parts.port or 6379).start()

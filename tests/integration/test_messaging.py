@@ -31,16 +31,25 @@ SUBSCRIPTION = on_event("probe", "report.requested")
 
 
 class Running:
-    def __init__(self, amqp_url: str, redis_url: str, handler: Callable[[Any, CloudEvent], Any],
-                 fails_report_as: str | None = None) -> None:
+    def __init__(
+        self,
+        amqp_url: str,
+        redis_url: str,
+        handler: Callable[[Any, CloudEvent], Any],
+        fails_report_as: str | None = None,
+    ) -> None:
         settings = CommonSettings(amqp_url=amqp_url, redis_url=redis_url)
         self.connection = connect(settings)
         declare_topology(self.connection, [SUBSCRIPTION])
         self.publisher = Publisher(self.connection, source="tests/probe")
         self.processed = RedisProcessedEvents(redis.Redis.from_url(redis_url))
         wrapper = MessageHandler(
-            "probe", SUBSCRIPTION, {"report.requested": Route(handler, fails_report_as=fails_report_as)},
-            self.publisher, self.processed, retry_base_delay=0.05,
+            "probe",
+            SUBSCRIPTION,
+            {"report.requested": Route(handler, fails_report_as=fails_report_as)},
+            self.publisher,
+            self.processed,
+            retry_base_delay=0.05,
         )
         self.consumer = ServiceConsumer(self.connection, [wrapper], prefetch_count=4)
         self.thread = threading.Thread(target=self.consumer.run, daemon=True)
@@ -87,10 +96,16 @@ def request(report_id: str | None = None, **extra: Any) -> dict[str, Any]:
         (b"\x00not json", "application/cloudevents+json", "body is not JSON"),
         (b'{"hello": 1}', "application/cloudevents+json", "not a CloudEvent 1.0"),
         (b"[1, 2]", "application/cloudevents+json", "not a JSON object"),
-        (json.dumps(cloud_event("report.requested", {"period": "day"})).encode(), "text/plain",
-         "content type 'text/plain'"),
-        (json.dumps(cloud_event("report.mystery", {})).encode(), "application/cloudevents+json",
-         "unknown event type 'report.mystery'"),
+        (
+            json.dumps(cloud_event("report.requested", {"period": "day"})).encode(),
+            "text/plain",
+            "content type 'text/plain'",
+        ),
+        (
+            json.dumps(cloud_event("report.mystery", {})).encode(),
+            "application/cloudevents+json",
+            "unknown event type 'report.mystery'",
+        ),
     ],
 )
 def test_malformed_messages_are_dead_lettered_with_their_reason(
@@ -121,9 +136,7 @@ def test_schema_violation_fails_the_report_and_is_dead_lettered(
     listener.close()
 
 
-def test_retry_later_comes_back_through_the_delay_queue(
-    amqp_url: str, run_probe: Callable[..., Running]
-) -> None:
+def test_retry_later_comes_back_through_the_delay_queue(amqp_url: str, run_probe: Callable[..., Running]) -> None:
     attempts: list[int] = []
 
     def flaky(data: ReportRequested, meta: CloudEvent) -> None:
@@ -156,9 +169,7 @@ def test_a_handler_that_keeps_crashing_is_dead_lettered_by_the_delivery_limit(
     assert len(attempts) == 6  # the first delivery plus DELIVERY_LIMIT redeliveries
 
 
-def test_a_redelivered_event_is_acked_without_its_effect(
-    amqp_url: str, run_probe: Callable[..., Running]
-) -> None:
+def test_a_redelivered_event_is_acked_without_its_effect(amqp_url: str, run_probe: Callable[..., Running]) -> None:
     handled: list[str] = []
     run_probe(lambda data, meta: handled.append(meta.id))
     event = request()
@@ -179,12 +190,16 @@ def test_scope_travels_into_published_events(amqp_url: str, run_probe: Callable[
 
     run_probe(fail)
     event = request("scoped-1")
-    event.update(locale="fr-CA", correlationid="corr-1",
-                 traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    event.update(
+        locale="fr-CA", correlationid="corr-1", traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    )
     publish(amqp_url, "report.requested", event)
     out = listener.wait_for(lambda e: e["data"]["report_id"] == "scoped-1", 20)
     assert (out["correlationid"], out["locale"], out["traceparent"]) == (
-        "corr-1", "fr-CA", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        "corr-1",
+        "fr-CA",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )
     assert out["specversion"] == "1.0" and out["source"] == "tests/probe"
     properties = listener.raw[-1][0]
     assert properties.content_type == "application/cloudevents+json"

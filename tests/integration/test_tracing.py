@@ -55,9 +55,7 @@ def handle_one(connection: Connection, amqp_url: str, traceparent: str | None) -
     """Publish a request with pika, handle it with the shared wrapper, return the event it caused."""
     report_id = f"trace-{uuid.uuid4().hex[:8]}"
     publisher = Publisher(connection, source="tests/tracing")
-    handler = MessageHandler(
-        "fetcher", FETCHER_REQUESTED, {"report.requested": Route(fail_every_request)}, publisher
-    )
+    handler = MessageHandler("fetcher", FETCHER_REQUESTED, {"report.requested": Route(fail_every_request)}, publisher)
     listener = EventListener(amqp_url, "report.failed")
     try:
         event = cloud_event("report.requested", {"report_id": report_id, "period": "day"})
@@ -70,9 +68,7 @@ def handle_one(connection: Connection, amqp_url: str, traceparent: str | None) -
             handler(message)
             handled.append(message)
 
-        with connection.clone() as consuming, consuming.Consumer(
-            [FETCHER_REQUESTED.queue()], on_message=handle
-        ):
+        with connection.clone() as consuming, consuming.Consumer([FETCHER_REQUESTED.queue()], on_message=handle):
             consuming.drain_events(timeout=30)
         assert len(handled) == 1
         return listener.wait_for(lambda e: (e.get("data") or {}).get("report_id") == report_id)
@@ -129,9 +125,7 @@ def test_an_event_without_traceparent_starts_a_trace(
     assert len({s.context.trace_id for s in finished if s.context}) == 1
 
 
-def test_without_tracing_the_traceparent_passes_through_unchanged(
-    connection: Connection, amqp_url: str
-) -> None:
+def test_without_tracing_the_traceparent_passes_through_unchanged(connection: Connection, amqp_url: str) -> None:
     assert not tracing.enabled()
     outgoing = handle_one(connection, amqp_url, EXTERNAL_TRACEPARENT)
     assert outgoing["traceparent"] == EXTERNAL_TRACEPARENT

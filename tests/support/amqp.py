@@ -16,8 +16,14 @@ import pika
 CLOUDEVENTS = "application/cloudevents+json"
 
 
-def cloud_event(event_type: str, data: Any, *, event_id: str | None = None, locale: str | None = None,
-                correlationid: str | None = None) -> dict[str, Any]:
+def cloud_event(
+    event_type: str,
+    data: Any,
+    *,
+    event_id: str | None = None,
+    locale: str | None = None,
+    correlationid: str | None = None,
+) -> dict[str, Any]:
     event: dict[str, Any] = {
         "specversion": "1.0",
         "id": event_id or str(uuid.uuid4()),
@@ -34,9 +40,16 @@ def cloud_event(event_type: str, data: Any, *, event_id: str | None = None, loca
     return event
 
 
-def publish(amqp_url: str, routing_key: str, body: bytes | dict[str, Any], *,
-            exchange: str = "hotrepos.events", content_type: str = CLOUDEVENTS,
-            headers: dict[str, Any] | None = None, message_id: str | None = None) -> None:
+def publish(
+    amqp_url: str,
+    routing_key: str,
+    body: bytes | dict[str, Any],
+    *,
+    exchange: str = "hotrepos.events",
+    content_type: str = CLOUDEVENTS,
+    headers: dict[str, Any] | None = None,
+    message_id: str | None = None,
+) -> None:
     """Publish one persistent message with publisher confirms, as any AMQP client would."""
     if isinstance(body, dict):
         message_id = message_id or body.get("id")
@@ -49,9 +62,7 @@ def publish(amqp_url: str, routing_key: str, body: bytes | dict[str, Any], *,
             exchange,
             routing_key,
             body,
-            pika.BasicProperties(
-                content_type=content_type, delivery_mode=2, message_id=message_id, headers=headers
-            ),
+            pika.BasicProperties(content_type=content_type, delivery_mode=2, message_id=message_id, headers=headers),
         )
     finally:
         connection.close()
@@ -66,9 +77,7 @@ class EventListener:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(amqp_url, binding_key, exchange), daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, args=(amqp_url, binding_key, exchange), daemon=True)
         self._thread.start()
         if not self._ready.wait(20):
             raise RuntimeError("listener did not bind its queue")
@@ -102,7 +111,8 @@ class EventListener:
     def of(self, event_type: str, report_id: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
             return [
-                e for e in self.events
+                e
+                for e in self.events
                 if e.get("type") == event_type
                 and (report_id is None or (e.get("data") or {}).get("report_id") == report_id)
             ]
@@ -121,8 +131,10 @@ class EventListener:
 
     def wait_for_outcome(self, report_id: str, timeout: float = 60) -> dict[str, Any]:
         return self.wait_for(
-            lambda e: e.get("type") in ("report.exported", "report.failed")
-            and (e.get("data") or {}).get("report_id") == report_id,
+            lambda e: (
+                e.get("type") in ("report.exported", "report.failed")
+                and (e.get("data") or {}).get("report_id") == report_id
+            ),
             timeout,
         )
 

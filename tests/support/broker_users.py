@@ -51,9 +51,7 @@ def service_users(broker: Broker, vhost: str) -> Iterator[ServiceUsers]:
     names = {service: f"hotrepos-test-{tag}-{service}" for service in principals()}
     passwords = {service: secrets.token_hex(16) for service in principals()}
     users = ServiceUsers(broker, vhost, names, passwords)
-    definitions = with_passwords(
-        users.definitions(), {names[service]: passwords[service] for service in principals()}
-    )
+    definitions = with_passwords(users.definitions(), {names[service]: passwords[service] for service in principals()})
     del definitions["vhosts"]  # the throwaway vhost exists already; it is deleted by its owner
     try:
         broker.api("POST", "/definitions", json=definitions)

@@ -102,9 +102,7 @@ class ReplicatedPipeline:
     def assert_alive(self) -> None:
         dead = [p for p in self.processes if not p.alive]
         if dead:
-            raise AssertionError(
-                "exited: " + ", ".join(p.name for p in dead) + "\n" + dead[0].output()[-4000:]
-            )
+            raise AssertionError("exited: " + ", ".join(p.name for p in dead) + "\n" + dead[0].output()[-4000:])
 
     def stop(self) -> None:
         self.pipeline.stop_all()
@@ -172,8 +170,15 @@ class RequestPublisher:
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
 
-    def request(self, report_id: str, *, period: str = "day", notify: str | None = REQUESTER,
-                locale: str | None = None, timeout: float = 120) -> None:
+    def request(
+        self,
+        report_id: str,
+        *,
+        period: str = "day",
+        notify: str | None = REQUESTER,
+        locale: str | None = None,
+        timeout: float = 120,
+    ) -> None:
         data: dict[str, Any] = {"report_id": report_id, "period": period}
         if notify:
             data["notify"] = notify
@@ -188,9 +193,12 @@ class RequestPublisher:
             try:
                 channel = self._open()
                 channel.basic_publish(
-                    exchange, routing_key, body,
-                    pika.BasicProperties(content_type=CLOUDEVENTS, delivery_mode=2,
-                                         message_id=json.loads(body).get("id")),
+                    exchange,
+                    routing_key,
+                    body,
+                    pika.BasicProperties(
+                        content_type=CLOUDEVENTS, delivery_mode=2, message_id=json.loads(body).get("id")
+                    ),
                 )
                 return
             except (pika.exceptions.AMQPError, OSError):
@@ -221,8 +229,7 @@ class OutcomeRecorder:
     are counted by distinct event id.
     """
 
-    def __init__(self, amqp_url: str | Sequence[str], queue: str | None = None,
-                 binding_key: str = "report.#") -> None:
+    def __init__(self, amqp_url: str | Sequence[str], queue: str | None = None, binding_key: str = "report.#") -> None:
         self.amqp_url = amqp_url
         self.queue = queue or f"chaos.recorder.{uuid.uuid4().hex[:8]}"
         self.binding_key = binding_key
@@ -286,8 +293,11 @@ class OutcomeRecorder:
 
     def of(self, event_type: str, report_id: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            return [e for e in self.events if e.get("type") == event_type
-                    and (report_id is None or _report_id(e) == report_id)]
+            return [
+                e
+                for e in self.events
+                if e.get("type") == event_type and (report_id is None or _report_id(e) == report_id)
+            ]
 
     def outcomes_by_report(self) -> dict[str, list[dict[str, Any]]]:
         found: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -335,8 +345,11 @@ def requester_emails(sink: SmtpSink, report_id: str, requester: str = REQUESTER)
 def admin_failed_emails(sink: SmtpSink, report_id: str) -> list[EmailMessage]:
     with sink.lock:
         messages = list(sink.messages)
-    return [m for m in messages if ADMIN in str(m["To"])
-            and str(m["Subject"]).startswith(f"[hotrepos] report {report_id} failed")]
+    return [
+        m
+        for m in messages
+        if ADMIN in str(m["To"]) and str(m["Subject"]).startswith(f"[hotrepos] report {report_id} failed")
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,8 +362,7 @@ def queues(broker: Broker, vhost: str) -> list[dict[str, Any]]:
 
 
 def dead_letter_counts(broker: Broker, vhost: str) -> dict[str, int]:
-    return {q["name"]: int(q.get("messages", 0) or 0) for q in queues(broker, vhost)
-            if q["name"].endswith(".dlq")}
+    return {q["name"]: int(q.get("messages", 0) or 0) for q in queues(broker, vhost) if q["name"].endswith(".dlq")}
 
 
 def pending_work(broker: Broker, vhost: str) -> dict[str, int]:
@@ -499,8 +511,12 @@ def count_figures(
 def publish_figures(test_name: str, figures: Figures, **extra: Any) -> dict[str, Any]:
     """One `CHAOS-FIGURES {json}` line on stdout, and the same JSON in test-artifacts/chaos/."""
     figures.extra.update(extra)
-    payload = {"test": test_name, "scale": chaos_sizes().scale,
-               "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **figures.as_json()}
+    payload = {
+        "test": test_name,
+        "scale": chaos_sizes().scale,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **figures.as_json(),
+    }
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", test_name).strip("_")
     (ARTIFACTS / f"{safe}.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -549,8 +565,14 @@ def running_pipeline(
     timeout: float = 120,
 ) -> Iterator[ReplicatedPipeline]:
     pipeline = Pipeline(
-        broker=broker, vhost=vhost, redis_url=redis_url, github_url=github_url, smtp_port=smtp_port,
-        root=root, today=today, extra_env=dict(extra_env or {}),
+        broker=broker,
+        vhost=vhost,
+        redis_url=redis_url,
+        github_url=github_url,
+        smtp_port=smtp_port,
+        root=root,
+        today=today,
+        extra_env=dict(extra_env or {}),
     )
     replicated = ReplicatedPipeline(pipeline, replicas)
     PIPELINE_LOG_DIRS.append(pipeline.log_dir)

@@ -146,8 +146,10 @@ class Pipeline:
 
     def assert_alive(self) -> None:
         for process in self.processes:
-            if process.process is not None and process.process.poll() is not None and not getattr(
-                process, "stopped_on_purpose", False
+            if (
+                process.process is not None
+                and process.process.poll() is not None
+                and not getattr(process, "stopped_on_purpose", False)
             ):
                 raise AssertionError(f"{process.name} exited:\n{process.output()[-4000:]}")
 
@@ -173,8 +175,14 @@ def running_pipeline(
     """The four pipeline services as processes on a throwaway vhost, stopped and deleted afterwards."""
     with broker.vhost(vhost_prefix) as name:
         running = Pipeline(
-            broker=broker, vhost=name, redis_url=redis_url, github_url=github_url,
-            smtp_port=smtp_port, root=root, today=today, **options,
+            broker=broker,
+            vhost=name,
+            redis_url=redis_url,
+            github_url=github_url,
+            smtp_port=smtp_port,
+            root=root,
+            today=today,
+            **options,
         )
         try:
             running.start_all()

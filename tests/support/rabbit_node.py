@@ -147,8 +147,10 @@ class RabbitNode:
 
     def _management_answers(self) -> bool:
         try:
-            return requests.get(f"{self.broker.management_url}/api/overview", auth=(USER, PASSWORD),
-                                timeout=5).status_code == 200
+            return (
+                requests.get(f"{self.broker.management_url}/api/overview", auth=(USER, PASSWORD), timeout=5).status_code
+                == 200
+            )
         except requests.RequestException:
             return False
 

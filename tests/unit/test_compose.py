@@ -45,9 +45,12 @@ SETTINGS_OF: dict[str, type[BaseSettings]] = {
 }
 # Settings a container may leave to their defaults, and why.
 MAY_BE_ABSENT = {
-    "AMQP_CA_FILE", "AMQP_CERT_FILE", "AMQP_KEY_FILE",  # given by compose.tls.yaml
+    "AMQP_CA_FILE",
+    "AMQP_CERT_FILE",
+    "AMQP_KEY_FILE",  # given by compose.tls.yaml
     "LOG_DIR",  # containers log to stdout
-    "TODAY", "GATEWAY_DEBUG_FAULTS",  # tests and demos only
+    "TODAY",
+    "GATEWAY_DEBUG_FAULTS",  # tests and demos only
 }
 
 
@@ -84,9 +87,22 @@ def test_docker_compose_resolves_the_files(tmp_path: Path) -> None:
     env_file = tmp_path / "compose.env"
     env_file.write_text("".join(f"{password_variable(u)}=x{i}\n" for i, u in enumerate(all_users())))
     result = subprocess.run(
-        ["docker-compose", "--env-file", str(env_file), "--profile", "offline", "--profile", "observability",
-         *[arg for name in COMPOSE_FILES for arg in ("-f", str(ROOT / name))], "config", "--quiet"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        [
+            "docker-compose",
+            "--env-file",
+            str(env_file),
+            "--profile",
+            "offline",
+            "--profile",
+            "observability",
+            *[arg for name in COMPOSE_FILES for arg in ("-f", str(ROOT / name))],
+            "config",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
 
@@ -97,7 +113,9 @@ def all_users() -> list[str]:
 
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
     one_shots = {
-        name for spec in services.values() for name, dependency in (spec.get("depends_on") or {}).items()
+        name
+        for spec in services.values()
+        for name, dependency in (spec.get("depends_on") or {}).items()
         if dependency.get("condition") == "service_completed_successfully"
     }
     assert one_shots == {"rabbitmq-init"}

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _matches(binding_key: str, routing_key: str) -> bool:
     """AMQP topic matching: * is one word, # is zero or more."""
+
     def match(pattern: list[str], words: list[str]) -> bool:
         if not pattern:
             return not words
@@ -28,8 +29,11 @@ def test_every_event_type_has_a_bound_consumer() -> None:
         exchange = exchange_of(event_type)
         if exchange is CONTROL:
             continue  # every service's replicas bind their own exclusive queue at start
-        bound = [s for s in SUBSCRIPTIONS if s.exchange.name == exchange.name
-                 and (exchange.type == "fanout" or _matches(s.binding_key, event_type))]
+        bound = [
+            s
+            for s in SUBSCRIPTIONS
+            if s.exchange.name == exchange.name and (exchange.type == "fanout" or _matches(s.binding_key, event_type))
+        ]
         consumers = {s.service for s in bound} - {"gateway"}
         assert consumers, f"nobody but the gateway consumes {event_type}"
 

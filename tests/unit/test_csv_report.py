@@ -11,9 +11,16 @@ from shared.events import LanguageGroup, ReportAggregated, ReportSpec, Repositor
 
 def report(layout: str = "rows") -> ReportAggregated:
     def repo(id: int, name: str, stars: int, description: str | None) -> Repository:
-        return Repository(id=id, full_name=name, html_url=f"https://github.com/{name}",
-                          description=description, language=None, stargazers_count=stars,
-                          forks_count=id, created_at="2026-11-20T01:02:03Z")
+        return Repository(
+            id=id,
+            full_name=name,
+            html_url=f"https://github.com/{name}",
+            description=description,
+            language=None,
+            stargazers_count=stars,
+            forks_count=id,
+            created_at="2026-11-20T01:02:03Z",
+        )
 
     return ReportAggregated(
         report_id="r1",
@@ -21,8 +28,9 @@ def report(layout: str = "rows") -> ReportAggregated:
         total=3,
         languages=[
             LanguageGroup(language="Go", repositories=[repo(1, "a/x", 9, '=HYPERLINK("http://evil")')]),
-            LanguageGroup(language="Unknown", repositories=[
-                repo(2, "b/y", 5, 'comma, "quote"\nnewline'), repo(3, "c/z", 1, None)]),
+            LanguageGroup(
+                language="Unknown", repositories=[repo(2, "b/y", 5, 'comma, "quote"\nnewline'), repo(3, "c/z", 1, None)]
+            ),
         ],
     )
 
@@ -41,8 +49,8 @@ def test_rows_layout_exact_bytes() -> None:
     assert rows == 3
     assert content == (
         b"language,full_name,stars,forks,created_at,html_url,description\r\n"
-        b"Go,a/x,9,1,2026-11-20T01:02:03Z,https://github.com/a/x,\"'=HYPERLINK(\"\"http://evil\"\")\"\r\n"
-        b"Unknown,b/y,5,2,2026-11-20T01:02:03Z,https://github.com/b/y,\"comma, \"\"quote\"\"\nnewline\"\r\n"
+        b'Go,a/x,9,1,2026-11-20T01:02:03Z,https://github.com/a/x,"\'=HYPERLINK(""http://evil"")"\r\n'
+        b'Unknown,b/y,5,2,2026-11-20T01:02:03Z,https://github.com/b/y,"comma, ""quote""\nnewline"\r\n'
         b"Unknown,c/z,1,3,2026-11-20T01:02:03Z,https://github.com/c/z,\r\n"
     )
     parsed = list(csv.reader(io.StringIO(content.decode())))

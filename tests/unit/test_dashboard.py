@@ -30,10 +30,43 @@ EXTERNAL_METRICS: dict[str, set[str]] = {
 # Labels that Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
 NOT_METRICS = {
-    "sum", "min", "max", "avg", "count", "rate", "irate", "increase", "delta", "histogram_quantile",
-    "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset",
-    "bool", "topk", "bottomk", "abs", "clamp_min", "clamp_max", "round", "vector", "scalar", "time",
-    "absent", "label_replace", "sort", "sort_desc", "avg_over_time", "max_over_time", "min_over_time",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "histogram_quantile",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "topk",
+    "bottomk",
+    "abs",
+    "clamp_min",
+    "clamp_max",
+    "round",
+    "vector",
+    "scalar",
+    "time",
+    "absent",
+    "label_replace",
+    "sort",
+    "sort_desc",
+    "avg_over_time",
+    "max_over_time",
+    "min_over_time",
 }
 
 
@@ -99,8 +132,14 @@ def test_every_query_reads_metrics_and_labels_that_exist(title: str, expr: str) 
 def test_the_dashboard_shows_what_the_operators_asked_for() -> None:
     dashboard = load_dashboard()
     titles = " | ".join(panel["title"] for panel in dashboard["panels"]).lower()
-    for wanted in ("reports per minute", "p50 / p95", "queue depths", "dead letters",
-                   "rate limit remaining", "errors by service"):
+    for wanted in (
+        "reports per minute",
+        "p50 / p95",
+        "queue depths",
+        "dead letters",
+        "rate limit remaining",
+        "errors by service",
+    ):
         assert wanted in titles
     assert dashboard["uid"] == "hotrepos"
 
@@ -132,8 +171,9 @@ def test_grafana_loads_the_dashboard_from_where_it_is_mounted() -> None:
     mounts = compose["services"]["grafana"]["volumes"]
     assert f"./infra/observability/grafana/dashboards:{provider['options']['path']}:ro" in mounts
     assert "./infra/observability/grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
-    assert "./infra/observability/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in (
-        compose["services"]["prometheus"]["volumes"]
+    assert (
+        "./infra/observability/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+        in (compose["services"]["prometheus"]["volumes"])
     )
     assert "observability" in compose["services"]["grafana"]["profiles"]
 

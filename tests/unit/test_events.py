@@ -20,10 +20,16 @@ def test_report_ids_that_could_escape_a_directory_are_refused(report_id: str) ->
         ReportRequested(report_id=report_id, period="day")
 
 
-@pytest.mark.parametrize("data", [{"period": "year"}, {"period": "day", "layout": "pdf"},
-                                  {"period": "day", "notify": "not-an-email"},
-                                  {"period": "day", "ref_date": "2026-13-01"},
-                                  {"period": "day", "unexpected": 1}])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"period": "year"},
+        {"period": "day", "layout": "pdf"},
+        {"period": "day", "notify": "not-an-email"},
+        {"period": "day", "ref_date": "2026-13-01"},
+        {"period": "day", "unexpected": 1},
+    ],
+)
 def test_invalid_requests_fail_their_schema(data: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         ReportRequested.model_validate(data)

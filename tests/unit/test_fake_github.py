@@ -23,25 +23,106 @@ WHOLE_SPAN = TODAY - timedelta(days=45)
 LAST_WEEK = TODAY - timedelta(days=7)
 SEARCH = "/search/repositories"
 ITEM_KEYS = {
-    "id", "node_id", "name", "full_name", "private", "owner", "html_url", "description", "fork",
-    "url", "forks_url", "keys_url", "collaborators_url", "teams_url", "hooks_url",
-    "issue_events_url", "events_url", "assignees_url", "branches_url", "tags_url", "blobs_url",
-    "git_tags_url", "git_refs_url", "trees_url", "statuses_url", "languages_url",
-    "stargazers_url", "contributors_url", "subscribers_url", "subscription_url", "commits_url",
-    "git_commits_url", "comments_url", "issue_comment_url", "contents_url", "compare_url",
-    "merges_url", "archive_url", "downloads_url", "issues_url", "pulls_url", "milestones_url",
-    "notifications_url", "labels_url", "releases_url", "deployments_url", "created_at",
-    "updated_at", "pushed_at", "git_url", "ssh_url", "clone_url", "svn_url", "homepage", "size",
-    "stargazers_count", "watchers_count", "language", "has_issues", "has_projects",
-    "has_downloads", "has_wiki", "has_pages", "has_discussions", "forks_count", "mirror_url",
-    "archived", "disabled", "open_issues_count", "license", "allow_forking", "is_template",
-    "web_commit_signoff_required", "topics", "visibility", "forks", "open_issues", "watchers",
-    "default_branch", "score",
+    "id",
+    "node_id",
+    "name",
+    "full_name",
+    "private",
+    "owner",
+    "html_url",
+    "description",
+    "fork",
+    "url",
+    "forks_url",
+    "keys_url",
+    "collaborators_url",
+    "teams_url",
+    "hooks_url",
+    "issue_events_url",
+    "events_url",
+    "assignees_url",
+    "branches_url",
+    "tags_url",
+    "blobs_url",
+    "git_tags_url",
+    "git_refs_url",
+    "trees_url",
+    "statuses_url",
+    "languages_url",
+    "stargazers_url",
+    "contributors_url",
+    "subscribers_url",
+    "subscription_url",
+    "commits_url",
+    "git_commits_url",
+    "comments_url",
+    "issue_comment_url",
+    "contents_url",
+    "compare_url",
+    "merges_url",
+    "archive_url",
+    "downloads_url",
+    "issues_url",
+    "pulls_url",
+    "milestones_url",
+    "notifications_url",
+    "labels_url",
+    "releases_url",
+    "deployments_url",
+    "created_at",
+    "updated_at",
+    "pushed_at",
+    "git_url",
+    "ssh_url",
+    "clone_url",
+    "svn_url",
+    "homepage",
+    "size",
+    "stargazers_count",
+    "watchers_count",
+    "language",
+    "has_issues",
+    "has_projects",
+    "has_downloads",
+    "has_wiki",
+    "has_pages",
+    "has_discussions",
+    "forks_count",
+    "mirror_url",
+    "archived",
+    "disabled",
+    "open_issues_count",
+    "license",
+    "allow_forking",
+    "is_template",
+    "web_commit_signoff_required",
+    "topics",
+    "visibility",
+    "forks",
+    "open_issues",
+    "watchers",
+    "default_branch",
+    "score",
 }
 OWNER_KEYS = {
-    "login", "id", "node_id", "avatar_url", "gravatar_id", "url", "html_url", "followers_url",
-    "following_url", "gists_url", "starred_url", "subscriptions_url", "organizations_url",
-    "repos_url", "events_url", "received_events_url", "type", "site_admin",
+    "login",
+    "id",
+    "node_id",
+    "avatar_url",
+    "gravatar_id",
+    "url",
+    "html_url",
+    "followers_url",
+    "following_url",
+    "gists_url",
+    "starred_url",
+    "subscriptions_url",
+    "organizations_url",
+    "repos_url",
+    "events_url",
+    "received_events_url",
+    "type",
+    "site_admin",
 }
 
 
@@ -67,11 +148,17 @@ def http() -> Iterator[requests.Session]:
         yield session
 
 
-def search(http: requests.Session, gh: FakeGitHub, since: date = WHOLE_SPAN, page: int = 1,
-           per_page: int | None = 100, headers: dict[str, str] | None = None,
-           timeout: float = 5, op: str = ">=") -> requests.Response:
-    params: dict[str, Any] = {"q": f"created:{op}{since.isoformat()}", "sort": "stars",
-                              "order": "desc", "page": page}
+def search(
+    http: requests.Session,
+    gh: FakeGitHub,
+    since: date = WHOLE_SPAN,
+    page: int = 1,
+    per_page: int | None = 100,
+    headers: dict[str, str] | None = None,
+    timeout: float = 5,
+    op: str = ">=",
+) -> requests.Response:
+    params: dict[str, Any] = {"q": f"created:{op}{since.isoformat()}", "sort": "stars", "order": "desc", "page": page}
     if per_page is not None:
         params["per_page"] = per_page
     return http.get(gh.url + SEARCH, params=params, headers=headers, timeout=timeout)
@@ -85,8 +172,7 @@ def parse_link(header: str) -> dict[str, str]:
     return links
 
 
-def control(http: requests.Session, gh: FakeGitHub, method: str, name: str,
-            payload: Any = None) -> requests.Response:
+def control(http: requests.Session, gh: FakeGitHub, method: str, name: str, payload: Any = None) -> requests.Response:
     return http.request(method, f"{gh.url}/_fake/{name}", json=payload, timeout=5)
 
 
@@ -104,8 +190,7 @@ def test_pages_are_sorted_filtered_and_disjoint(gh: FakeGitHub, http: requests.S
         items += body["items"]
     assert len(items) == body["total_count"] < 1000
     assert all(item["created_at"] >= since.isoformat() for item in items)
-    assert [i["id"] for i in items] == [i["id"] for i in sorted(
-        items, key=lambda i: (-i["stargazers_count"], i["id"]))]
+    assert [i["id"] for i in items] == [i["id"] for i in sorted(items, key=lambda i: (-i["stargazers_count"], i["id"]))]
     assert len({i["id"] for i in items}) == len(items)
     every = generate_repositories(7, 1200, TODAY)
     assert body["total_count"] == sum(r["created_at"] >= since.isoformat() for r in every)
@@ -120,8 +205,7 @@ def test_ties_on_stars_are_broken_by_ascending_id(gh: FakeGitHub) -> None:
             assert before["id"] < after["id"]
 
 
-def test_strict_created_qualifier_excludes_the_day_itself(gh: FakeGitHub,
-                                                          http: requests.Session) -> None:
+def test_strict_created_qualifier_excludes_the_day_itself(gh: FakeGitHub, http: requests.Session) -> None:
     day = TODAY - timedelta(days=10)
     inclusive = search(http, gh, day, op=">=").json()["total_count"]
     exclusive = search(http, gh, day, op=">").json()["total_count"]
@@ -157,8 +241,7 @@ def test_a_query_without_q_is_a_validation_error(gh: FakeGitHub, http: requests.
     assert response.json()["message"] == "Validation Failed"
 
 
-def test_expected_items_match_what_a_client_fetches(gh: FakeGitHub,
-                                                    http: requests.Session) -> None:
+def test_expected_items_match_what_a_client_fetches(gh: FakeGitHub, http: requests.Session) -> None:
     fetched = [item for page in (1, 2, 3) for item in search(http, gh, LAST_WEEK, page).json()["items"]]
     assert gh.expected_items(LAST_WEEK, pages=3, per_page=100) == fetched
 
@@ -173,8 +256,7 @@ def test_changing_today_moves_the_dataset(gh: FakeGitHub, http: requests.Session
 # --- items --------------------------------------------------------------------
 
 
-def test_items_have_every_github_field_and_weigh_about_5kb(gh: FakeGitHub,
-                                                           http: requests.Session) -> None:
+def test_items_have_every_github_field_and_weigh_about_5kb(gh: FakeGitHub, http: requests.Session) -> None:
     response = search(http, gh, WHOLE_SPAN)
     items = response.json()["items"]
     assert 400_000 < len(response.content) < 700_000
@@ -243,8 +325,7 @@ def test_github_headers_are_present(gh: FakeGitHub, http: requests.Session) -> N
     assert headers["ETag"].startswith('W/"')
 
 
-def test_matching_etag_gives_304_without_spending_rate_limit(gh: FakeGitHub,
-                                                             http: requests.Session) -> None:
+def test_matching_etag_gives_304_without_spending_rate_limit(gh: FakeGitHub, http: requests.Session) -> None:
     gh.set_rate_limit(5)
     first = search(http, gh, page=2)
     again = search(http, gh, page=2, headers={"If-None-Match": first.headers["ETag"]})
@@ -290,8 +371,7 @@ def test_reset_clears_rate_windows(gh: FakeGitHub, http: requests.Session) -> No
 # --- faults -------------------------------------------------------------------
 
 
-def test_status_fault_hits_its_page_the_given_number_of_times(gh: FakeGitHub,
-                                                              http: requests.Session) -> None:
+def test_status_fault_hits_its_page_the_given_number_of_times(gh: FakeGitHub, http: requests.Session) -> None:
     gh.add_fault(page=3, kind="status", status=502, times=2)
     assert search(http, gh, page=2).status_code == 200
     failed = search(http, gh, page=3)
@@ -328,8 +408,7 @@ def test_retry_after_fault(gh: FakeGitHub, http: requests.Session) -> None:
     assert "secondary rate limit" in refused.json()["message"]
 
 
-def test_timeout_fault_outlasts_a_client_read_timeout(gh: FakeGitHub,
-                                                      http: requests.Session) -> None:
+def test_timeout_fault_outlasts_a_client_read_timeout(gh: FakeGitHub, http: requests.Session) -> None:
     gh.add_fault(page=2, kind="timeout", seconds=0.5, times=1)
     with pytest.raises(requests.ReadTimeout):
         search(http, gh, page=2, timeout=0.1)
@@ -352,8 +431,7 @@ def test_incomplete_fault_flags_the_results(gh: FakeGitHub, http: requests.Sessi
     assert search(http, gh).json()["incomplete_results"] is False
 
 
-def test_shift_fault_repeats_the_previous_pages_last_item(gh: FakeGitHub,
-                                                          http: requests.Session) -> None:
+def test_shift_fault_repeats_the_previous_pages_last_item(gh: FakeGitHub, http: requests.Session) -> None:
     page_one = search(http, gh, page=1).json()["items"]
     honest_two = search(http, gh, page=2).json()["items"]
     gh.add_fault(kind="shift", page=2, times=1)
@@ -397,8 +475,10 @@ def test_latency_delays_each_request(gh: FakeGitHub, http: requests.Session) -> 
 def test_control_api_over_http(gh: FakeGitHub, http: requests.Session) -> None:
     config = control(http, gh, "POST", "config", {"latency_ms": 0, "rate_limit_per_minute": 2})
     assert config.json()["rate_limit_per_minute"] == 2
-    rules = [{"page": 2, "kind": "status", "status": 500, "times": 1},
-             {"page": None, "kind": "incomplete", "times": None}]
+    rules = [
+        {"page": 2, "kind": "status", "status": 500, "times": 1},
+        {"page": None, "kind": "incomplete", "times": None},
+    ]
     assert len(control(http, gh, "POST", "faults", rules).json()) == 2
     assert search(http, gh, page=2).status_code == 500
     assert search(http, gh, page=1).json()["incomplete_results"] is True

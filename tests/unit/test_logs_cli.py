@@ -19,23 +19,28 @@ def log_dir(tmp_path: Path) -> Path:
     (tmp_path / "nested").mkdir()
     fetched = line("2026-11-22T10:00:02.000001Z", "fetch.done", report_id="r-1", service="fetcher")
     (tmp_path / "fetcher.fetch_page.log").write_text(
-        "\n".join([
-            line("2026-11-22T10:00:01.500000Z", "fetch.retry", report_id="r-1", service="fetcher"),
-            fetched,
-            line("2026-11-22T10:00:01.700000Z", "fetch.done", report_id="r-10", service="fetcher"),
-        ]) + "\n"
+        "\n".join(
+            [
+                line("2026-11-22T10:00:01.500000Z", "fetch.retry", report_id="r-1", service="fetcher"),
+                fetched,
+                line("2026-11-22T10:00:01.700000Z", "fetch.done", report_id="r-10", service="fetcher"),
+            ]
+        )
+        + "\n"
     )
     (tmp_path / "aggregator.handle_report_page_fetched.log").write_text(
-        "\n".join([
-            line("2026-11-22T10:00:03Z", "event.handled", correlation_id="r-1", service="aggregator"),
-            "a line about r-1 that is not JSON",
-            line("2026-11-22T10:00:00.100000+00:00", "event.handled", report_id="r-2", service="aggregator"),
-        ]) + "\n"
+        "\n".join(
+            [
+                line("2026-11-22T10:00:03Z", "event.handled", correlation_id="r-1", service="aggregator"),
+                "a line about r-1 that is not JSON",
+                line("2026-11-22T10:00:00.100000+00:00", "event.handled", report_id="r-2", service="aggregator"),
+            ]
+        )
+        + "\n"
     )
     # A captured stdout repeats a record of a handler's file: it must be printed once.
     (tmp_path / "nested" / "fetcher.stdout.log").write_text(
-        fetched + "\n" + line("2026-11-22T10:00:00.900000Z", "event.handled", report_id="r-1",
-                              service="fetcher") + "\n"
+        fetched + "\n" + line("2026-11-22T10:00:00.900000Z", "event.handled", report_id="r-1", service="fetcher") + "\n"
     )
     (tmp_path / "notes.txt").write_text(line("2026-11-22T09:00:00Z", "not a log file", report_id="r-1"))
     return tmp_path
@@ -54,9 +59,7 @@ def test_prints_only_the_reports_lines_in_time_order_once_each(
     ]
 
 
-def test_time_order_holds_across_utc_offsets_and_precisions(
-    log_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_time_order_holds_across_utc_offsets_and_precisions(log_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (log_dir / "exporter.log").write_text(
         line("2026-11-22T11:00:00.5+01:00", "early, written in another offset", report_id="r-2") + "\n"
     )

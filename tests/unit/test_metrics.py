@@ -14,8 +14,10 @@ REQUESTED_AT = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.UTC)
 
 
 def outcome_event(event_type: str, *, seconds_later: float, event_id: str | None = None) -> CloudEvent:
-    data = {"report_id": "r-1", "spec": {"period": "day", "since": "2026-11-21",
-                                         "requested_at": REQUESTED_AT.isoformat()}}
+    data = {
+        "report_id": "r-1",
+        "spec": {"period": "day", "since": "2026-11-21", "requested_at": REQUESTED_AT.isoformat()},
+    }
     return CloudEvent(
         specversion="1.0",
         id=event_id or str(uuid.uuid4()),

@@ -30,34 +30,57 @@ SPEC = ReportSpec(period="week", since=dt.date(2026, 11, 15), layout="rows")
 T0 = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 
 
-def meta(data: EventData, *, seconds: int = 0, event_id: str | None = None, locale: str | None = None
-         ) -> CloudEvent:
+def meta(data: EventData, *, seconds: int = 0, event_id: str | None = None, locale: str | None = None) -> CloudEvent:
     return CloudEvent(
-        specversion="1.0", id=event_id or str(uuid.uuid4()), type=event_type_of(data), source="tests",
-        time=T0 + dt.timedelta(seconds=seconds), data=data.model_dump(mode="json"), locale=locale,
+        specversion="1.0",
+        id=event_id or str(uuid.uuid4()),
+        type=event_type_of(data),
+        source="tests",
+        time=T0 + dt.timedelta(seconds=seconds),
+        data=data.model_dump(mode="json"),
+        locale=locale,
     )
 
 
 def repo(number: int, language: str | None) -> Repository:
-    return Repository(id=number, full_name=f"o/r{number}", html_url=f"https://github.com/o/r{number}",
-                      language=language, stargazers_count=number, forks_count=0,
-                      created_at="2026-11-20T00:00:00Z")
+    return Repository(
+        id=number,
+        full_name=f"o/r{number}",
+        html_url=f"https://github.com/o/r{number}",
+        language=language,
+        stargazers_count=number,
+        forks_count=0,
+        created_at="2026-11-20T00:00:00Z",
+    )
 
 
 def lifecycle() -> list[tuple[EventData, CloudEvent]]:
     """The events of one successful report, in the order the pipeline publishes them."""
     events: list[EventData] = [ReportRequested(report_id=REPORT, period="week", ref_date=dt.date(2026, 11, 22))]
-    events += [ReportPageFetched(report_id=REPORT, page=page, pages=5, spec=SPEC, items=[])
-               for page in range(1, 6)]
-    events.append(ReportAggregated(report_id=REPORT, spec=SPEC, total=3, languages=[
-        LanguageGroup(language="Go", repositories=[repo(1, "Go")]),
-        LanguageGroup(language="Unknown", repositories=[repo(2, None), repo(3, None)]),
-    ]))
-    events.append(ReportExported(
-        report_id=REPORT, path="/srv/reports/hotrepos-week-2026-11-15-r-1.csv", rows=3, sha256="a" * 64,
-        layout="rows", spec=SPEC, repositories=3,
-        top_languages=[LanguageCount(language="Unknown", count=2), LanguageCount(language="Go", count=1)],
-    ))
+    events += [ReportPageFetched(report_id=REPORT, page=page, pages=5, spec=SPEC, items=[]) for page in range(1, 6)]
+    events.append(
+        ReportAggregated(
+            report_id=REPORT,
+            spec=SPEC,
+            total=3,
+            languages=[
+                LanguageGroup(language="Go", repositories=[repo(1, "Go")]),
+                LanguageGroup(language="Unknown", repositories=[repo(2, None), repo(3, None)]),
+            ],
+        )
+    )
+    events.append(
+        ReportExported(
+            report_id=REPORT,
+            path="/srv/reports/hotrepos-week-2026-11-15-r-1.csv",
+            rows=3,
+            sha256="a" * 64,
+            layout="rows",
+            spec=SPEC,
+            repositories=3,
+            top_languages=[LanguageCount(language="Unknown", count=2), LanguageCount(language="Go", count=1)],
+        )
+    )
     return [(data, meta(data, seconds=index, locale="fr")) for index, data in enumerate(events)]
 
 
@@ -73,8 +96,14 @@ def test_a_report_in_order_goes_through_every_stage_with_one_step_per_page() -> 
 
     assert status is not None
     assert [(s.seq, s.state, s.pages_fetched) for s in status.progress] == [
-        (1, "requested", 0), (2, "fetching", 1), (3, "fetching", 2), (4, "fetching", 3),
-        (5, "fetching", 4), (6, "fetching", 5), (7, "aggregated", 5), (8, "exported", 5),
+        (1, "requested", 0),
+        (2, "fetching", 1),
+        (3, "fetching", 2),
+        (4, "fetching", 3),
+        (5, "fetching", 4),
+        (6, "fetching", 5),
+        (7, "aggregated", 5),
+        (8, "exported", 5),
     ]
     assert status.state == "exported"
     assert (status.rows, status.sha256, status.repositories) == (3, "a" * 64, 3)
@@ -123,8 +152,14 @@ def test_a_request_without_report_id_is_known_by_its_event_id() -> None:
 
 def test_only_the_file_name_of_the_exported_path_is_kept() -> None:
     exported = ReportExported(
-        report_id=REPORT, path="/srv/reports/../../etc/passwd", rows=0, sha256="b" * 64, layout="rows",
-        spec=SPEC, repositories=0, top_languages=[],
+        report_id=REPORT,
+        path="/srv/reports/../../etc/passwd",
+        rows=0,
+        sha256="b" * 64,
+        layout="rows",
+        spec=SPEC,
+        repositories=0,
+        top_languages=[],
     )
     status = apply_event(None, exported, meta(exported), received_at=T0)
     assert status is not None and status.file_name == "passwd"

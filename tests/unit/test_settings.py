@@ -24,6 +24,8 @@ def test_a_bad_schedule_stops_the_fetcher() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "services.fetcher", "beat"],
         env={"PATH": "/usr/bin:/bin", "REPORT_SCHEDULE": "year=0 0 * * *"},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0 and "REPORT_SCHEDULE" in result.stderr

@@ -6,9 +6,15 @@ from shared.events import LanguageCount
 
 
 def ready(locale: str | None) -> tuple[str, str]:
-    email = ready_email(locale_tag=locale, report_id="r1", period="week", since=dt.date(2026, 11, 15),
-                        repositories=1234, top_languages=[LanguageCount(language="Python", count=1000)],
-                        file="f.csv")
+    email = ready_email(
+        locale_tag=locale,
+        report_id="r1",
+        period="week",
+        since=dt.date(2026, 11, 15),
+        repositories=1234,
+        top_languages=[LanguageCount(language="Python", count=1000)],
+        file="f.csv",
+    )
     return email.subject, email.body
 
 
