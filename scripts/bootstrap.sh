@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepare a fresh machine: the local broker and Redis running, a virtualenv with the pinned project.
+# Prepare a fresh machine: the local broker and Redis running, .venv holding exactly uv.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,8 +35,6 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# Exactly the lock, runtime and dev groups: nothing is resolved here, so a release upstream changes
+# nothing until scripts/lock.sh moves the lock. --frozen fails rather than re-lock a stale uv.lock.
+scripts/uv.sh sync --frozen --quiet --python "${PYTHON:-python3}"

@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Set up, then run every test tier (unit, integration, e2e, reduced chaos) against the real services.
+# Set up, then check style and types, then run every test tier (unit, integration, e2e, reduced chaos)
+# against the real services. Arguments go to pytest: scripts/test.sh -m unit, scripts/test.sh tests/e2e.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+echo "test: ruff check"
+.venv/bin/ruff check .
+echo "test: ruff format --check"
+.venv/bin/ruff format --check .
+echo "test: mypy"
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -14,7 +14,6 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from infra.docker.requirements import locked_versions, project_requirements, read_lock, render_lock
 from infra.rabbitmq.definitions import (
     DEFINITIONS_FILE,
     VHOST,
@@ -207,19 +206,3 @@ def test_definitions_json_is_generated_from_the_contract() -> None:
 
 def test_readme_shows_the_generated_users_table() -> None:
     assert users_table() in (ROOT / "README.md").read_text()
-
-
-def test_the_image_installs_the_lock_which_matches_pyproject() -> None:
-    lock = read_lock()
-    for requirement in project_requirements():
-        pinned = [str(spec.version) for spec in requirement.specifier if spec.operator == "=="]
-        assert pinned and lock.get(requirement.name.lower().replace("_", "-")) == pinned[0], requirement
-    assert (ROOT / "infra" / "docker" / "requirements.lock").read_text() == render_lock(
-        locked_versions(project_requirements())
-    ), "stale: run python -m infra.docker.requirements"
-    dockerfile = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.M)
-    assert "pip install --no-deps --requirement /tmp/requirements.lock" in dockerfile
-    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
-    assert users and users[-1] not in ("root", "0")
-    assert not re.search(r"(PASSWORD|TOKEN)\s*=", dockerfile)

@@ -1,1 +1,0 @@
-"""The image recipe and its locked dependencies."""
