@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from shared.asyncapi import build_document, topology_mermaid
+from hotrepos_cli.catalogue import build_document, topology_mermaid
 
 DEFAULT_OUT = Path("docs/asyncapi.yaml")
 DEFAULT_README = Path("README.md")

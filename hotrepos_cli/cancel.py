@@ -7,8 +7,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.amqp import connect
 from shared.events import ReportCancelRequested
-from shared.messaging import Publisher, connect
+from shared.publisher import Publisher
 from shared.settings import CommonSettings, load_settings
 
 

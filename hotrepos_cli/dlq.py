@@ -11,8 +11,9 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.message import Message
 
-from services.fetcher.tasks import TASK_DEAD_LETTER_QUEUE
-from shared.messaging import Publisher, connect
+from services.fetcher.topology import TASK_DEAD_LETTER_QUEUE
+from shared.amqp import connect
+from shared.publisher import Publisher
 from shared.settings import CommonSettings, load_settings
 from shared.topology import (
     ORIGINAL_EXCHANGE_HEADER,

@@ -9,9 +9,10 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from shared.amqp import connect
 from shared.context import EventContext, event_scope
 from shared.events import EVENT_TYPES, Locale
-from shared.messaging import Publisher, connect
+from shared.publisher import Publisher
 from shared.settings import CommonSettings, load_settings
 from shared.topology import exchange_of
 
@@ -49,7 +50,7 @@ def publish(args: argparse.Namespace) -> int:
         publisher = Publisher(connection, source="hotrepos/cli", pool_size=1)
         try:
             with event_scope(EventContext(correlationid=correlationid, locale=locale)):
-                event = publisher.publish(data, event_id=args.event_id, exchange=exchange)
+                event = publisher.publish(data, event_id=args.event_id)
         finally:
             publisher.close()
     print(f"published {event.type} {event.id} on {exchange.name}", file=sys.stderr)

@@ -8,7 +8,6 @@ import sys
 import time
 import uuid
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from typing import Any, get_args
 
 from pydantic import TypeAdapter, ValidationError
@@ -16,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from hotrepos_cli.subscriber import Inbox, decode, subscribe
+from shared.amqp import connect
 from shared.context import EventContext, event_scope
 from shared.events import (
     PAGES_PER_REPORT,
@@ -23,14 +23,13 @@ from shared.events import (
     Layout,
     Locale,
     Period,
-    ReportAggregated,
-    ReportExported,
-    ReportFailed,
-    ReportPageFetched,
     ReportRequested,
     derived_event_id,
+    report_id_of,
 )
-from shared.messaging import Publisher, connect
+from shared.handling import EventMeta
+from shared.progress import ReportStatus, apply_event
+from shared.publisher import Publisher
 from shared.settings import CommonSettings, load_settings
 
 FOLLOWED = ("report.page.fetched", "report.aggregated", "report.exported", "report.failed")
@@ -38,54 +37,37 @@ EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT = 1, 2, 3
 _locales: TypeAdapter[str] = TypeAdapter(Locale)
 
 
-@dataclass
 class ReportProgress:
-    """How far one report has gone, from its events: pages, then aggregation, then the file."""
+    """How far one report has gone: the shared fold of its events, and a bar's worth of steps."""
 
-    report_id: str
-    pages: int = PAGES_PER_REPORT
-    fetched: set[int] = field(default_factory=set)
-    aggregated: ReportAggregated | None = None
-    outcome: ReportExported | ReportFailed | None = None
+    def __init__(self, report_id: str) -> None:
+        self.report_id = report_id
+        self.status: ReportStatus | None = None
 
-    def apply(self, data: EventData) -> bool:
+    def apply(self, data: EventData, meta: EventMeta) -> bool:
         """True when the event is this report's and moved it on."""
-        if getattr(data, "report_id", None) != self.report_id or self.outcome is not None:
+        if report_id_of(data, meta.id) != self.report_id or (self.status is not None and self.status.terminal):
             return False
-        if isinstance(data, ReportPageFetched):
-            self.pages = data.pages
-            if data.page in self.fetched:
-                return False
-            self.fetched.add(data.page)
-        elif isinstance(data, ReportAggregated):
-            self.aggregated = data
-        elif isinstance(data, ReportExported | ReportFailed):
-            self.outcome = data
-        else:
-            return False
-        return True
+        updated = apply_event(self.status, data, meta, received_at=dt.datetime.now(dt.UTC))
+        moved = updated is not None and updated != self.status
+        self.status = updated
+        return moved
 
     @property
     def steps(self) -> int:
         """Pages, aggregation and export each count one."""
-        return self.pages + 2
+        return (self.status.pages if self.status else PAGES_PER_REPORT) + 2
 
     @property
     def done(self) -> int:
-        if isinstance(self.outcome, ReportExported):
+        if self.status is None:
+            return 0
+        if self.status.state == "exported":
             return self.steps
-        return len(self.fetched) + (1 if self.aggregated else 0)
+        return len(self.status.fetched_pages) + (1 if self.status.state == "aggregated" else 0)
 
     def describe(self) -> str:
-        if isinstance(self.outcome, ReportExported):
-            return f"exported: {self.outcome.rows} rows, {self.outcome.repositories} repositories"
-        if isinstance(self.outcome, ReportFailed):
-            return f"failed at {self.outcome.stage}: {self.outcome.reason}"
-        if self.aggregated:
-            return f"aggregated: {self.aggregated.total} repositories, writing the CSV"
-        if self.fetched:
-            return f"fetching: page {len(self.fetched)} of {self.pages}"
-        return "requested"
+        return self.status.describe() if self.status else "requested"
 
 
 class _Display:
@@ -164,7 +146,7 @@ def request(args: argparse.Namespace) -> int:
 def _follow(inbox: Inbox, progress: ReportProgress, console: Console, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     with _Display(console, progress) as display:
-        while progress.outcome is None:
+        while progress.status is None or not progress.status.terminal:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 console.print(
@@ -175,13 +157,12 @@ def _follow(inbox: Inbox, progress: ReportProgress, console: Console, timeout: f
             message = inbox.next(timeout=min(remaining, 1.0))
             if message is None:
                 continue
-            _, data = decode(message)
-            if data is not None and progress.apply(data):
+            event, data = decode(message)
+            if event is not None and data is not None and progress.apply(data, EventMeta.of(event)):
                 display.update()
-    if isinstance(progress.outcome, ReportFailed):
+    if progress.status.state == "failed":
         return EXIT_FAILED
-    assert progress.outcome is not None
-    print(progress.outcome.path)
+    print(progress.status.path)
     return 0
 
 

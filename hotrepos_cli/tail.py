@@ -10,6 +10,7 @@ from typing import Any
 from kombu.message import Message
 
 from hotrepos_cli.subscriber import decode, subscribe
+from shared.amqp import connect
 from shared.events import (
     EVENT_TYPES,
     CloudEvent,
@@ -20,7 +21,6 @@ from shared.events import (
     ReportPageFetched,
     ReportRequested,
 )
-from shared.messaging import connect
 from shared.settings import CommonSettings, load_settings
 
 

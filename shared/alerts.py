@@ -14,8 +14,7 @@ from typing import Any
 
 from shared import metrics
 from shared.events import AlertRaised
-from shared.messaging import Publisher
-from shared.topology import ALERTS
+from shared.publisher import Publisher
 
 _publishing = threading.local()
 
@@ -107,7 +106,7 @@ class AlertHandler(logging.Handler):
             try:
                 if self._publisher is None:
                     self._publisher = self._publisher_factory()
-                self._publisher.publish(alert, exchange=ALERTS, correlationid=alert.report_id)
+                self._publisher.publish(alert, correlationid=alert.report_id)
             except Exception as exc:
                 print(f"hotrepos: could not publish alert: {exc}: {alert.message}", file=sys.stderr)
             finally:

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
-from shared.events import CloudEvent, ReportCancelRequested, ReportFailed, derived_event_id
-from shared.messaging import Outgoing
-from shared.outcomes import Claim, OutcomeLedger
+from shared.events import ReportCancelRequested, ReportFailed
+from shared.handling import Cancellations, EventMeta
 
 CANCELLED_TTL_SECONDS = 7 * 24 * 3600
 CANCELLED_STAGE = "cancelled"
 KNOWN_IN_MEMORY = 10_000
-
-
-class Cancellations(Protocol):
-    def cancel(self, report_id: str) -> None: ...
-
-    def is_cancelled(self, report_id: str) -> bool: ...
 
 
 class RedisCancellations:
@@ -42,20 +35,11 @@ class RedisCancellations:
 
 
 def handle_report_cancel_requested(
-    event: ReportCancelRequested,
-    meta: CloudEvent,
-    *,
-    cancellations: Cancellations,
-    outcomes: OutcomeLedger,
-    may_fail_reports: bool,
-) -> list[Outgoing]:
+    event: ReportCancelRequested, meta: EventMeta, *, cancellations: Cancellations, may_fail_reports: bool
+) -> list[ReportFailed]:
     cancellations.cancel(event.report_id)
     if not may_fail_reports:
         return []  # the notifier and the gateway only stop their own work
-    # Every replica hears the broadcast and may tell: the same event id, so consumers see it once,
-    # and a replica that dies before publishing cannot leave the report without an outcome.
-    if outcomes.claim(event.report_id, "failed") is Claim.OTHER:
-        return []
-    failed = ReportFailed(report_id=event.report_id, stage=CANCELLED_STAGE, reason=event.reason)
-    event_id = derived_event_id(event.report_id, "failed")
-    return [Outgoing(failed, event_id=event_id, correlationid=event.report_id)]
+    # Every replica hears the broadcast and may tell: the outcome is claimed once and published under
+    # one id, and a replica that dies before publishing cannot leave the report without an outcome.
+    return [ReportFailed(report_id=event.report_id, stage=CANCELLED_STAGE, reason=event.reason)]

@@ -210,6 +210,22 @@ def request_report_id(report_id: str | None, event_id: str) -> str:
     return derived_event_id("report", event_id)
 
 
+def report_id_of(data: EventData, event_id: str) -> str | None:
+    """Whose report an event is about; a request without report_id is known by its event's id."""
+    if isinstance(data, ReportRequested):
+        return request_report_id(data.report_id, event_id)
+    report_id = getattr(data, "report_id", None)
+    return report_id if isinstance(report_id, str) else None
+
+
+def raw_report_id(event: CloudEvent) -> str | None:
+    """The report id that an event whose data failed its schema most likely meant."""
+    report_id = event.data.get("report_id") if isinstance(event.data, dict) else None
+    if event.type == "report.requested" and report_id is None:
+        return request_report_id(None, event.id)
+    return report_id if isinstance(report_id, str) and len(report_id) <= 64 else None
+
+
 _REPORT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 

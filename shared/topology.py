@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from kombu.entity import Exchange, Queue, binding
 
+from shared.pipeline import DELIVERY_LIMIT
+
 EVENTS = Exchange("hotrepos.events", type="topic", durable=True)
 ALERTS = Exchange("hotrepos.alerts", type="fanout", durable=True)
 CONTROL = Exchange("hotrepos.control", type="fanout", durable=True)
@@ -15,9 +17,6 @@ DLX = Exchange("hotrepos.dlx", type="topic", durable=True)
 RETRY = Exchange("hotrepos.retry", type="topic", durable=True)
 REDELIVER = Exchange("hotrepos.redeliver", type="topic", durable=True)
 EXCHANGES = (EVENTS, ALERTS, CONTROL, DLX, RETRY, REDELIVER)
-
-# A message that crashes its consumer this many times is dead-lettered by the broker itself.
-DELIVERY_LIMIT = 5
 
 REASON_HEADER = "x-hotrepos-reason"
 ORIGINAL_EXCHANGE_HEADER = "x-hotrepos-original-exchange"

@@ -27,7 +27,7 @@ from typing import Any
 
 from kombu.entity import Queue, binding
 
-from services.fetcher.tasks import TASK_DEAD_LETTER_QUEUE, TASK_EXCHANGE, TASK_QUEUE
+from services.fetcher.topology import TASK_DEAD_LETTER_QUEUE, TASK_EXCHANGE, TASK_QUEUE
 from shared.topology import (
     ALERTS,
     DLX,

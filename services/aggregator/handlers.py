@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from services.aggregator.fan_in import PageStore
 from services.aggregator.grouping import deduplicate, group_by_language
-from shared.control import Cancellations
-from shared.events import CloudEvent, ReportAggregated, ReportPageFetched, derived_event_id
-from shared.messaging import Outgoing
+from shared.events import ReportAggregated, ReportPageFetched, derived_event_id
+from shared.handling import EventMeta, Outgoing
 
 
-def handle_report_page_fetched(
-    event: ReportPageFetched, meta: CloudEvent, *, pages: PageStore, cancellations: Cancellations
-) -> list[Outgoing]:
-    if cancellations.is_cancelled(event.report_id):
-        return []
+def handle_report_page_fetched(event: ReportPageFetched, meta: EventMeta, *, pages: PageStore) -> list[Outgoing]:
     arrival = pages.add_page(event.report_id, event.page, event.pages, event.items)
     if arrival.complete_pages is None:
         return []

@@ -6,8 +6,9 @@ from functools import partial
 from pathlib import Path
 
 from services.exporter.handlers import handle_report_aggregated
-from shared.messaging import Route
-from shared.service import run_consumers, start_runtime
+from shared.bootstrap import bootstrap
+from shared.outcomes import RedisOutcomeLedger
+from shared.pipeline import Route
 from shared.settings import CommonSettings, load_settings
 from shared.topology import EXPORTER_AGGREGATED
 
@@ -18,14 +19,19 @@ class ExporterSettings(CommonSettings):
 
 def main() -> None:
     settings = load_settings(ExporterSettings)
-    runtime = start_runtime("exporter", settings)
+    service = bootstrap("exporter", settings)
     handler = partial(
         handle_report_aggregated,
         reports_dir=settings.reports_dir.resolve(),
-        cancellations=runtime.cancellations,
-        outcomes=runtime.outcomes,
+        outcomes=RedisOutcomeLedger(service.redis),
     )
-    run_consumers(runtime, {EXPORTER_AGGREGATED: {"report.aggregated": Route(handler, fails_report_as="export")}})
+    service.run(
+        {
+            EXPORTER_AGGREGATED: {
+                "report.aggregated": Route(handler, fails_report_as="export", stops_when_cancelled=True)
+            }
+        }
+    )
 
 
 if __name__ == "__main__":

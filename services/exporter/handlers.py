@@ -6,30 +6,15 @@ import errno
 from pathlib import Path
 
 from services.exporter.csv_report import file_name, render, sha256_hex, write_atomically
-from shared.control import Cancellations
-from shared.events import (
-    CloudEvent,
-    LanguageCount,
-    ReportAggregated,
-    ReportExported,
-    derived_event_id,
-)
-from shared.messaging import Outgoing, RetryLater
-from shared.outcomes import Claim, OutcomeLedger
+from shared.events import LanguageCount, ReportAggregated, ReportExported
+from shared.handling import Claim, EventMeta, OutcomeLedger, RetryLater
 
 TOP_LANGUAGES = 5
 
 
 def handle_report_aggregated(
-    event: ReportAggregated,
-    meta: CloudEvent,
-    *,
-    reports_dir: Path,
-    cancellations: Cancellations,
-    outcomes: OutcomeLedger,
-) -> list[Outgoing]:
-    if cancellations.is_cancelled(event.report_id):
-        return []
+    event: ReportAggregated, meta: EventMeta, *, reports_dir: Path, outcomes: OutcomeLedger
+) -> list[ReportExported]:
     content, rows = render(event)
     try:
         path = write_atomically(reports_dir, file_name(event.report_id, event.spec), content)
@@ -37,7 +22,8 @@ def handle_report_aggregated(
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
             raise RetryLater(f"cannot write into {reports_dir}: {exc.strerror}") from exc
         raise
-    # Claimed once the file exists: a report whose CSV cannot be written is not marked exported.
+    # Claimed once the file exists, so that a report whose CSV cannot be written is not marked exported;
+    # claimed here and not only on publishing, so that a CSV nobody will hear of is removed.
     if outcomes.claim(event.report_id, "exported") is Claim.OTHER:
         path.unlink(missing_ok=True)  # failed or cancelled meanwhile: one outcome, and no CSV
         return []
@@ -52,4 +38,4 @@ def handle_report_aggregated(
         repositories=event.total,
         top_languages=[LanguageCount(language=g.language, count=len(g.repositories)) for g in by_size[:TOP_LANGUAGES]],
     )
-    return [Outgoing(exported, event_id=derived_event_id(event.report_id, "exported"))]
+    return [exported]

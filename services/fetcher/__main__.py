@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import random
 from functools import partial
 
 from pydantic import EmailStr, Field
@@ -11,19 +12,19 @@ from pydantic import EmailStr, Field
 from services.fetcher.beat import parse_schedule, run_beat
 from services.fetcher.github import GitHubClient
 from services.fetcher.github_cache import RedisPageCache, github_scope
-from services.fetcher.handlers import RetryPolicy, handle_report_requested
+from services.fetcher.handlers import FETCH_PAGE, FetchPage, RetryPolicy, fetch_page, handle_report_requested
 from services.fetcher.ledger import RedisRequestLedger
 from services.fetcher.rate_budget import RedisRequestBudget
-from services.fetcher.tasks import (
-    TASK_DEAD_LETTER_QUEUE,
-    CeleryFetchScheduler,
+from services.fetcher.topology import TASK_DEAD_LETTER_QUEUE, TASK_QUEUE
+from services.fetcher.worker import (
+    CeleryPageFetches,
     consumer_step,
     create_celery_app,
-    register_tasks,
+    register_fetch_page_task,
 )
+from shared.bootstrap import Service, bootstrap
 from shared.events import utc_today
-from shared.messaging import Route
-from shared.service import build_handlers, declare_when_reachable, start_runtime
+from shared.pipeline import Route
 from shared.settings import CommonSettings, load_settings
 from shared.topology import FETCHER_REQUESTED
 
@@ -42,58 +43,48 @@ class FetcherSettings(CommonSettings):
     today: dt.date | None = Field(default=None, description="Pin 'today' (demos and tests only)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.fetcher")
-    parser.add_argument("role", nargs="?", choices=["worker", "beat"], default="worker")
-    role = parser.parse_args().role
-    settings = load_settings(FetcherSettings)
-    try:
-        parse_schedule(settings.report_schedule)
-    except ValueError as exc:
-        raise SystemExit(f"hotrepos: invalid setting REPORT_SCHEDULE: {exc}") from None
-    runtime = start_runtime("fetcher-beat" if role == "beat" else "fetcher", settings)
-    app = create_celery_app(settings)
-    if role == "beat":
-        run_beat(app, runtime.publisher, settings.report_schedule, settings.schedule_notify)
-        return
-
-    declare_when_reachable(runtime, (FETCHER_REQUESTED, *runtime.control_routes()))
-    with runtime.connection.clone() as connection:
-        TASK_DEAD_LETTER_QUEUE(connection.default_channel).declare()
+def github_client(service: Service, settings: FetcherSettings) -> GitHubClient:
+    """GitHub, with the page cache and the search budget every replica shares through Redis."""
     scope = github_scope(settings.github_api_url.rstrip("/"), settings.github_token)
-    github = GitHubClient(
+    return GitHubClient(
         settings.github_api_url,
         settings.github_token,
-        cache=RedisPageCache(runtime.redis, settings.github_cache_seconds)
+        cache=RedisPageCache(service.redis, settings.github_cache_seconds)
         if settings.github_cache_seconds > 0
         else None,
-        budget=RedisRequestBudget(runtime.redis, settings.github_rate_limit_per_minute, scope)
+        budget=RedisRequestBudget(service.redis, settings.github_rate_limit_per_minute, scope)
         if settings.github_rate_limit_per_minute > 0
         else None,
         read_timeout=settings.github_read_timeout_seconds,
     )
-    policy = RetryPolicy(max_attempts=settings.fetch_max_attempts, base_delay=settings.fetch_retry_base_seconds)
-    register_tasks(
-        app,
-        github=github,
-        publisher=runtime.publisher,
-        policy=policy,
-        cancellations=runtime.cancellations,
-        outcomes=runtime.outcomes,
+
+
+def run_worker(service: Service, settings: FetcherSettings) -> None:
+    """A Celery worker whose pool runs the page tasks, and whose consumer step takes the requests."""
+    app = create_celery_app(settings)
+    fetch = partial(
+        fetch_page,
+        github=github_client(service, settings),
+        policy=RetryPolicy(max_attempts=settings.fetch_max_attempts, base_delay=settings.fetch_retry_base_seconds),
+        rng=random.Random(),
     )
+    tasks = {FETCH_PAGE: Route(fetch, model=FetchPage, fails_report_as="fetch", stops_when_cancelled=True)}
+    register_fetch_page_task(app, service.pipeline(TASK_QUEUE.name, tasks))
+
     pinned_today = settings.today
-    handler = partial(
+    request = partial(
         handle_report_requested,
         today=(lambda: pinned_today) if pinned_today else utc_today,
-        fetches=CeleryFetchScheduler(app),
-        ledger=RedisRequestLedger(runtime.redis),
-        cancellations=runtime.cancellations,
+        fetches=CeleryPageFetches(app),
+        ledger=RedisRequestLedger(service.redis),
     )
     routes = {
-        FETCHER_REQUESTED: {"report.requested": Route(handler, fails_report_as="request")},
-        **runtime.control_routes(),
+        FETCHER_REQUESTED: {"report.requested": Route(request, fails_report_as="request", stops_when_cancelled=True)}
     }
-    app.steps["consumer"].add(consumer_step(build_handlers(runtime, routes)))
+    queues = service.queue_consumers(routes)
+    with service.connection.clone() as connection:
+        TASK_DEAD_LETTER_QUEUE(connection.default_channel).declare()
+    app.steps["consumer"].add(consumer_step(queues))
     try:
         app.worker_main(
             [
@@ -108,8 +99,26 @@ def main() -> None:
             ]
         )
     finally:
-        runtime.alerts.flush()
-        runtime.publisher.close()
+        service.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.fetcher")
+    parser.add_argument("role", nargs="?", choices=["worker", "beat"], default="worker")
+    role = parser.parse_args().role
+    settings = load_settings(FetcherSettings)
+    try:
+        parse_schedule(settings.report_schedule)
+    except ValueError as exc:
+        raise SystemExit(f"hotrepos: invalid setting REPORT_SCHEDULE: {exc}") from None
+    if role == "beat":
+        service = bootstrap("fetcher-beat", settings)
+        try:
+            run_beat(create_celery_app(settings), service.publisher, settings.report_schedule, settings.schedule_notify)
+        finally:
+            service.close()
+        return
+    run_worker(bootstrap("fetcher", settings), settings)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from celery.beat import Scheduler
 from celery.schedules import crontab
 
 from shared.events import ReportRequested
-from shared.messaging import Publisher
+from shared.publisher import Publisher
 
 log = structlog.get_logger("hotrepos.fetcher.beat")
 

@@ -1,4 +1,4 @@
-"""GitHub search adapter: one page of repositories, with every failure classified for retrying."""
+"""GitHub search adapter: one page of repositories over HTTP, sharing the budget and the page cache."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import datetime as dt
 import email.utils
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -14,7 +13,14 @@ from pydantic import BaseModel, ValidationError
 
 from services.fetcher.github_cache import RedisPageCache, github_scope
 from services.fetcher.rate_budget import RedisRequestBudget
-from shared import metrics
+from services.fetcher.search import (
+    IncompleteResults,
+    PermanentGitHubError,
+    RateLimited,
+    RetryableGitHubError,
+    SearchPage,
+)
+from shared import metrics, tracing
 from shared.events import ITEMS_PER_PAGE, Repository
 
 CONNECT_TIMEOUT = 5.0
@@ -22,41 +28,6 @@ READ_TIMEOUT = 30.0
 # A page waits this long for the shared budget in its thread; a longer wait goes back to the task queue.
 MAX_BUDGET_WAIT_IN_THREAD = 2.0
 LEAD_ATTEMPTS = 3
-
-
-class GitHubError(Exception):
-    """A search request failed."""
-
-
-class RetryableGitHubError(GitHubError):
-    """5xx, a timeout, a dropped connection or a malformed body: worth another try."""
-
-
-class RateLimited(RetryableGitHubError):
-    """GitHub said when to come back."""
-
-    def __init__(self, message: str, wait_seconds: float) -> None:
-        super().__init__(message)
-        self.wait_seconds = wait_seconds
-
-
-class IncompleteResults(RetryableGitHubError):
-    """GitHub's search timed out and served part of the results."""
-
-    def __init__(self, message: str, page: SearchPage) -> None:
-        super().__init__(message)
-        self.page = page
-
-
-class PermanentGitHubError(GitHubError):
-    """A 4xx other than a rate limit: retrying cannot help."""
-
-
-@dataclass(frozen=True)
-class SearchPage:
-    items: list[Repository]
-    total_count: int
-    incomplete_results: bool
 
 
 def trim(item: dict[str, Any]) -> Repository:
@@ -134,6 +105,10 @@ class GitHubClient:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
     def search_page(self, since: dt.date, page: int, per_page: int = ITEMS_PER_PAGE) -> SearchPage:
+        with tracing.span("fetch report page", attributes={"hotrepos.page": page}):
+            return self._search_page(since, page, per_page)
+
+    def _search_page(self, since: dt.date, page: int, per_page: int) -> SearchPage:
         params = {
             "q": f"created:>={since.isoformat()}",
             "sort": "stars",

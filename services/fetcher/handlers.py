@@ -1,4 +1,4 @@
-"""Fetcher handlers: a report request becomes one page fetch per search page."""
+"""Fetcher handlers: a report request becomes one page fetch per search page; each fetch, a page event."""
 
 from __future__ import annotations
 
@@ -8,38 +8,46 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.fetcher.github import (
-    GitHubClient,
+from pydantic import Field
+
+from services.fetcher.search import (
     IncompleteResults,
     PermanentGitHubError,
     RateLimited,
     RetryableGitHubError,
+    SearchPages,
 )
-from shared.control import Cancellations
 from shared.events import (
     PAGES_PER_REPORT,
-    CloudEvent,
+    EventData,
     ReportFailed,
+    ReportId,
     ReportPageFetched,
     ReportRequested,
     ReportSpec,
     derived_event_id,
-    request_report_id,
+    report_id_of,
     since_date,
 )
-from shared.messaging import Outgoing
+from shared.handling import EventMeta, Outgoing, RetryLater
+
+# The fetcher's own message, never seen outside it: one page to fetch, carried by a Celery task.
+FETCH_PAGE = "fetcher.fetch_page"
 
 
-@dataclass(frozen=True)
-class PageFetch:
-    report_id: str
-    page: int
-    pages: int
+class FetchPage(EventData):
+    """Fetch one search page of a report."""
+
+    report_id: ReportId
+    page: int = Field(ge=1)
+    pages: int = Field(ge=1, le=10)
     spec: ReportSpec
 
 
-class FetchScheduler(Protocol):
-    def schedule(self, fetches: list[PageFetch]) -> None: ...
+class PageFetches(Protocol):
+    """Where page fetches go to be run, each with retries of its own."""
+
+    def schedule(self, fetches: list[FetchPage]) -> None: ...
 
 
 class RequestLedger(Protocol):
@@ -52,16 +60,14 @@ class RequestLedger(Protocol):
 
 def handle_report_requested(
     event: ReportRequested,
-    meta: CloudEvent,
+    meta: EventMeta,
     *,
     today: Callable[[], dt.date],
-    fetches: FetchScheduler,
+    fetches: PageFetches,
     ledger: RequestLedger,
-    cancellations: Cancellations,
-) -> list[Outgoing]:
-    report_id = request_report_id(event.report_id, meta.id)
-    if cancellations.is_cancelled(report_id):
-        return []
+) -> list[ReportFailed]:
+    report_id = report_id_of(event, meta.id)
+    assert report_id is not None  # a request always has one
     current = today()
     ref_date = event.ref_date or current
     spec = ReportSpec(
@@ -73,21 +79,13 @@ def handle_report_requested(
     )
     if ref_date > current:
         reason = f"ref_date {ref_date.isoformat()} is in the future (today is {current.isoformat()} UTC)"
-        return [failed(report_id, "request", reason, spec)]
+        return [ReportFailed(report_id=report_id, stage="request", reason=reason, spec=spec)]
     if ledger.already_scheduled(report_id):
         return []
-    fetches.schedule([PageFetch(report_id, page, PAGES_PER_REPORT, spec) for page in range(1, PAGES_PER_REPORT + 1)])
+    pages = range(1, PAGES_PER_REPORT + 1)
+    fetches.schedule([FetchPage(report_id=report_id, page=page, pages=PAGES_PER_REPORT, spec=spec) for page in pages])
     ledger.mark_scheduled(report_id)
     return []
-
-
-def failed(report_id: str, stage: str, reason: str, spec: ReportSpec | None) -> Outgoing:
-    # One id per report and outcome: several pages failing tell the requester once.
-    return Outgoing(
-        ReportFailed(report_id=report_id, stage=stage, reason=reason, spec=spec),
-        event_id=derived_event_id(report_id, "failed"),
-        correlationid=report_id,
-    )
 
 
 @dataclass(frozen=True)
@@ -103,44 +101,38 @@ class RetryPolicy:
         return rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
 
 
-@dataclass(frozen=True)
-class Retry:
-    countdown: float
-    reason: str
-
-
 def fetch_page(
-    fetch: PageFetch,
-    attempt: int,
-    *,
-    github: GitHubClient,
-    policy: RetryPolicy,
-    rng: random.Random,
-) -> Outgoing | Retry:
-    """Fetch one page: the page event, a retry with its delay, or the report's failure."""
+    event: FetchPage, meta: EventMeta, *, github: SearchPages, policy: RetryPolicy, rng: random.Random
+) -> list[Outgoing | ReportFailed]:
+    """One page: its page event, a retry later (RetryLater), or the report's failure."""
+    attempt = meta.attempt
     try:
-        result = github.search_page(fetch.spec.since, fetch.page)
+        result = github.search_page(event.spec.since, event.page)
         incomplete = False
     except IncompleteResults as exc:
         if attempt < policy.incomplete_retries:
-            return Retry(policy.backoff(attempt, rng), str(exc))
+            raise RetryLater(str(exc), policy.backoff(attempt, rng)) from exc
         result, incomplete = exc.page, True
     except RateLimited as exc:
         if attempt < policy.max_rate_limit_waits:
-            return Retry(exc.wait_seconds + rng.uniform(0, 1), str(exc))
-        return failed(fetch.report_id, "fetch", f"{exc} (gave up after {attempt + 1} attempts)", fetch.spec)
+            raise RetryLater(str(exc), exc.wait_seconds + rng.uniform(0, 1)) from exc
+        return [_failed(event, f"{exc} (gave up after {attempt + 1} attempts)")]
     except RetryableGitHubError as exc:
         if attempt + 1 < policy.max_attempts:
-            return Retry(policy.backoff(attempt, rng), str(exc))
-        return failed(fetch.report_id, "fetch", f"{exc} (gave up after {attempt + 1} attempts)", fetch.spec)
+            raise RetryLater(str(exc), policy.backoff(attempt, rng)) from exc
+        return [_failed(event, f"{exc} (gave up after {attempt + 1} attempts)")]
     except PermanentGitHubError as exc:
-        return failed(fetch.report_id, "fetch", str(exc), fetch.spec)
+        return [_failed(event, str(exc))]
     page = ReportPageFetched(
-        report_id=fetch.report_id,
-        page=fetch.page,
-        pages=fetch.pages,
-        spec=fetch.spec,
+        report_id=event.report_id,
+        page=event.page,
+        pages=event.pages,
+        spec=event.spec,
         items=result.items,
         incomplete_results=incomplete,
     )
-    return Outgoing(page, event_id=derived_event_id(fetch.report_id, "page", str(fetch.page)))
+    return [Outgoing(page, event_id=derived_event_id(event.report_id, "page", str(event.page)))]
+
+
+def _failed(event: FetchPage, reason: str) -> ReportFailed:
+    return ReportFailed(report_id=event.report_id, stage="fetch", reason=reason, spec=event.spec)

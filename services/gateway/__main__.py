@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
-import threading
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
 import redis
 import redis.asyncio
-import structlog
 import uvicorn
 from kombu.exceptions import LimitExceeded, OperationalError
 from pydantic import Field
 
-from services.gateway.app import GatewayDependencies, create_app
-from services.gateway.handlers import handle_report_event
+from services.gateway.feed import RedisProgressFeed
+from services.gateway.handlers import (
+    handle_report_aggregated,
+    handle_report_exported,
+    handle_report_failed,
+    handle_report_page_fetched,
+    handle_report_requested,
+)
 from services.gateway.idempotency import RedisIdempotencyKeys
-from services.gateway.projection import ProgressFeed, RedisReportStatuses
-from shared.events import EVENT_TYPES, utc_today
-from shared.messaging import Publisher, Route, ServiceConsumer
-from shared.service import Runtime, build_handlers, declare_when_reachable, start_runtime
+from services.gateway.routes import GatewayDependencies, create_app
+from services.gateway.store import RedisReportStatuses
+from shared.bootstrap import BackgroundConsumer, Service, bootstrap
+from shared.events import utc_today
+from shared.pipeline import Route
+from shared.publisher import Publisher
 from shared.settings import CommonSettings, load_settings
 from shared.topology import GATEWAY_PROGRESS
-
-log = structlog.get_logger("hotrepos.gateway")
 
 # An HTTP client is waiting: a broker that does not answer at once gives a 503, not a long stall.
 FAIL_FAST_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
@@ -42,52 +44,30 @@ class GatewaySettings(CommonSettings):
     today: dt.date | None = Field(default=None, description="Pin 'today' (demos and tests only)")
 
 
-class ProgressConsumer:
-    """Feeds the projection from the gateway's queue, in a thread beside the HTTP server."""
-
-    def __init__(self, runtime: Runtime, statuses: RedisReportStatuses) -> None:
-        handler = partial(handle_report_event, statuses=statuses)
-        # Every report event type: one the fold ignores is acked, not dead-lettered as unknown.
-        routes = {name: Route(handler) for name in EVENT_TYPES if name.startswith("report.")}
-        self._runtime = runtime
-        handlers = build_handlers(runtime, {GATEWAY_PROGRESS: routes, **runtime.control_routes()})
-        self._consumer = ServiceConsumer(runtime.connection, handlers)
-        self._declared = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gateway-consumer", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            declare_when_reachable(self._runtime, (GATEWAY_PROGRESS, *self._runtime.control_routes()))
-            self._declared.set()
-            self._consumer.run()
-        except Exception:
-            # A gateway whose projection froze must not go on answering: stop, and be restarted.
-            log.exception("consumer.died")
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    @property
-    def feeding(self) -> bool:
-        """The queue exists (events wait in it from then on) and the thread that drains it lives."""
-        return self._declared.is_set() and self._thread.is_alive()
-
-    def stop(self, timeout: float = 10) -> None:
-        self._consumer.should_stop = True
-        self._thread.join(timeout)
+def consume_progress(service: Service, statuses: RedisReportStatuses) -> BackgroundConsumer:
+    """Every report event on the gateway's queue folds into the statuses the API reads."""
+    return service.run_in_background(
+        {
+            GATEWAY_PROGRESS: {
+                "report.requested": Route(partial(handle_report_requested, statuses=statuses)),
+                "report.page.fetched": Route(partial(handle_report_page_fetched, statuses=statuses)),
+                "report.aggregated": Route(partial(handle_report_aggregated, statuses=statuses)),
+                "report.exported": Route(partial(handle_report_exported, statuses=statuses)),
+                "report.failed": Route(partial(handle_report_failed, statuses=statuses)),
+            }
+        }
+    )
 
 
 def main() -> None:
     settings = load_settings(GatewaySettings)
-    runtime = start_runtime("gateway", settings)
-    statuses = RedisReportStatuses(runtime.redis)
-    consumer = ProgressConsumer(runtime, statuses)
-    consumer.start()
+    service = bootstrap("gateway", settings)
+    statuses = RedisReportStatuses(service.redis)
+    consumer = consume_progress(service, statuses)
 
-    request_connection = runtime.connection.clone(
+    request_connection = service.connection.clone(
         connect_timeout=PROBE_TIMEOUT_SECONDS,
-        transport_options={**(runtime.connection.transport_options or {}), "max_retries": 1},
+        transport_options={**(service.connection.transport_options or {}), "max_retries": 1},
     )
     publisher = Publisher(request_connection, source="hotrepos/gateway", retry_policy=FAIL_FAST_RETRY_POLICY)
     probe_redis = redis.Redis.from_url(
@@ -97,7 +77,7 @@ def main() -> None:
     def readiness() -> Mapping[str, str]:
         checks: dict[str, str] = {}
         try:
-            with runtime.connection.clone(connect_timeout=PROBE_TIMEOUT_SECONDS) as probe:
+            with service.connection.clone(connect_timeout=PROBE_TIMEOUT_SECONDS) as probe:
                 probe.connect()
             checks["broker"] = "ok"
         except Exception as exc:
@@ -107,7 +87,7 @@ def main() -> None:
             checks["redis"] = "ok"
         except Exception as exc:
             checks["redis"] = f"unreachable: {exc}"
-        checks["projection"] = "ok" if consumer.feeding else "not consuming yet"
+        checks["projection"] = "ok" if consumer.consuming else "not consuming yet"
         return checks
 
     pinned_today = settings.today
@@ -116,8 +96,9 @@ def main() -> None:
             publisher=publisher,
             broker_errors=(OperationalError, LimitExceeded, *request_connection.connection_errors),
             statuses=statuses,
-            feed=ProgressFeed(redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=5)),
-            idempotency=RedisIdempotencyKeys(runtime.redis),
+            feed=RedisProgressFeed(redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=5)),
+            idempotency=RedisIdempotencyKeys(service.redis),
+            processed=service.processed,
             reports_dir=settings.reports_dir,
             readiness=readiness,
             today=(lambda: pinned_today) if pinned_today else utc_today,
@@ -138,9 +119,8 @@ def main() -> None:
         server.run()
     finally:
         consumer.stop()
-        runtime.alerts.flush()
         publisher.close()
-        runtime.publisher.close()
+        service.close()
 
 
 if __name__ == "__main__":

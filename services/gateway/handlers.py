@@ -1,15 +1,27 @@
-"""Gateway handlers: every report event folds into the status projection that the HTTP API reads."""
+"""Gateway handlers: each report event folds into the status projection that the HTTP API reads."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
-from shared.events import CloudEvent, EventData
-
-
-class ReportStatuses(Protocol):
-    def apply(self, data: EventData, meta: CloudEvent) -> object: ...
+from services.gateway.store import ReportStatuses
+from shared.events import ReportAggregated, ReportExported, ReportFailed, ReportPageFetched, ReportRequested
+from shared.handling import EventMeta
 
 
-def handle_report_event(event: EventData, meta: CloudEvent, *, statuses: ReportStatuses) -> None:
+def handle_report_requested(event: ReportRequested, meta: EventMeta, *, statuses: ReportStatuses) -> None:
+    statuses.apply(event, meta)
+
+
+def handle_report_page_fetched(event: ReportPageFetched, meta: EventMeta, *, statuses: ReportStatuses) -> None:
+    statuses.apply(event, meta)
+
+
+def handle_report_aggregated(event: ReportAggregated, meta: EventMeta, *, statuses: ReportStatuses) -> None:
+    statuses.apply(event, meta)
+
+
+def handle_report_exported(event: ReportExported, meta: EventMeta, *, statuses: ReportStatuses) -> None:
+    statuses.apply(event, meta)
+
+
+def handle_report_failed(event: ReportFailed, meta: EventMeta, *, statuses: ReportStatuses) -> None:
     statuses.apply(event, meta)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -16,6 +16,14 @@ class IdempotentRequest(BaseModel):
     report_id: str
     request_hash: str
     published: bool = False
+
+
+class IdempotencyKeys(Protocol):
+    def claim(self, key: str, candidate: IdempotentRequest) -> IdempotentRequest:
+        """The request this key already stands for, or the candidate if the key is new."""
+        ...
+
+    def mark_published(self, key: str, request: IdempotentRequest) -> None: ...
 
 
 class RedisIdempotencyKeys:

@@ -14,8 +14,8 @@ from services.notifier.handlers import (
 )
 from services.notifier.mailer import SmtpMailer
 from services.notifier.sent_emails import RedisSentEmails
-from shared.messaging import Route
-from shared.service import run_consumers, start_runtime
+from shared.bootstrap import bootstrap
+from shared.pipeline import Route
 from shared.settings import CommonSettings, load_settings
 from shared.topology import NOTIFIER_ALERTS, NOTIFIER_EXPORTED, NOTIFIER_FAILED
 
@@ -28,12 +28,11 @@ class NotifierSettings(CommonSettings):
 
 def main() -> None:
     settings = load_settings(NotifierSettings)
-    runtime = start_runtime("notifier", settings)
+    service = bootstrap("notifier", settings)
     mailer = SmtpMailer(settings.smtp_host, settings.smtp_port, settings.mail_from)
-    sent = RedisSentEmails(runtime.redis)
+    sent = RedisSentEmails(service.redis)
     recipients = Recipients(list(settings.admins), settings.alert_interval_seconds)
-    run_consumers(
-        runtime,
+    service.run(
         {
             NOTIFIER_EXPORTED: {"report.exported": Route(partial(handle_report_exported, mailer=mailer, sent=sent))},
             NOTIFIER_FAILED: {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePath
+from typing import Protocol
 
 import structlog
 
-from services.notifier.mailer import Mailer
 from services.notifier.sent_emails import SentEmails
 from services.notifier.templates import (
     Email,
@@ -17,11 +17,19 @@ from services.notifier.templates import (
     ready_email,
     resolve_locale,
 )
-from shared import metrics
-from shared.events import AlertRaised, CloudEvent, ReportExported, ReportFailed
-from shared.messaging import Rejected, RetryLater
+from shared.events import AlertRaised, ReportExported, ReportFailed
+from shared.handling import EventMeta, Rejected, RetryLater
 
 log = structlog.get_logger("hotrepos.notifier")
+
+
+class Mailer(Protocol):
+    def send(self, message: Email, to: list[str], *, key: str, kind: str, language: str = "en") -> None:
+        """Send one email; kind names it in metrics (ready, failed, admin-failed, alert).
+
+        Raises RetryLater when it cannot be sent now, Rejected when it never can.
+        """
+        ...
 
 
 @dataclass(frozen=True)
@@ -39,16 +47,14 @@ def _send_once(
         # Another replica is sending this very email: come back once it has, or has died trying.
         raise RetryLater(f"email {kind} for {key} is being sent by another replica", delay=5)
     try:
-        mailer.send(message, to, key=key, language=language)
+        mailer.send(message, to, key=key, kind=kind, language=language)
     except Exception:
         sent.abandon(key)
-        metrics.EMAILS.labels(kind=kind, outcome="failed").inc()
         raise
     sent.mark_sent(key)
-    metrics.EMAILS.labels(kind=kind, outcome="sent").inc()
 
 
-def handle_report_exported(event: ReportExported, meta: CloudEvent, *, mailer: Mailer, sent: SentEmails) -> None:
+def handle_report_exported(event: ReportExported, meta: EventMeta, *, mailer: Mailer, sent: SentEmails) -> None:
     if event.spec.notify is None:
         return
     message = ready_email(
@@ -66,7 +72,7 @@ def handle_report_exported(event: ReportExported, meta: CloudEvent, *, mailer: M
 
 
 def handle_report_failed(
-    event: ReportFailed, meta: CloudEvent, *, mailer: Mailer, sent: SentEmails, recipients: Recipients
+    event: ReportFailed, meta: EventMeta, *, mailer: Mailer, sent: SentEmails, recipients: Recipients
 ) -> None:
     requester = event.spec.notify if event.spec else None
     if requester:
@@ -87,7 +93,7 @@ def handle_report_failed(
 
 
 def handle_alert_raised(
-    event: AlertRaised, meta: CloudEvent, *, mailer: Mailer, sent: SentEmails, recipients: Recipients
+    event: AlertRaised, meta: EventMeta, *, mailer: Mailer, sent: SentEmails, recipients: Recipients
 ) -> None:
     # Every replica of every service may raise the same alert: one email per interval in all.
     # The token lets a retry of this very alert through (say SMTP was down), and no other.

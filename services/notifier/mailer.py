@@ -7,10 +7,10 @@ import hashlib
 import re
 import smtplib
 from email.message import EmailMessage
-from typing import Protocol
 
 from services.notifier.templates import Email
-from shared.messaging import Rejected, RetryLater
+from shared import metrics
+from shared.handling import Rejected, RetryLater
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]+")
 
@@ -20,10 +20,6 @@ def header_safe(value: str) -> str:
     return _CONTROL_CHARACTERS.sub(" ", value).strip()
 
 
-class Mailer(Protocol):
-    def send(self, message: Email, to: list[str], *, key: str, language: str = "en") -> None: ...
-
-
 class SmtpMailer:
     def __init__(self, host: str, port: int, sender: str, timeout: float = 10.0) -> None:
         self.host = host
@@ -31,7 +27,15 @@ class SmtpMailer:
         self.sender = sender
         self.timeout = timeout
 
-    def send(self, message: Email, to: list[str], *, key: str, language: str = "en") -> None:
+    def send(self, message: Email, to: list[str], *, key: str, kind: str, language: str = "en") -> None:
+        try:
+            self._send(message, to, key=key, language=language)
+        except Exception:
+            metrics.EMAILS.labels(kind=kind, outcome="failed").inc()
+            raise
+        metrics.EMAILS.labels(kind=kind, outcome="sent").inc()
+
+    def _send(self, message: Email, to: list[str], *, key: str, language: str) -> None:
         mail = EmailMessage()
         mail["From"] = header_safe(self.sender)
         mail["To"] = ", ".join(header_safe(address) for address in to)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from shared.events import EVENT_TYPES, CloudEvent
-from shared.messaging import MAX_BODY_BYTES
+from shared.pipeline import MAX_BODY_BYTES
 from tests.support.amqp import CLOUDEVENTS
 from tests.support.chaos import REQUESTER
 

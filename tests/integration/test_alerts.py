@@ -6,7 +6,8 @@ import logging
 import time
 
 from shared.alerts import AlertHandler
-from shared.messaging import Publisher, connect, declare_topology
+from shared.amqp import connect, declare_topology
+from shared.publisher import Publisher
 from shared.settings import CommonSettings
 from tests.support.amqp import EventListener
 

@@ -8,9 +8,10 @@ import pika
 import yaml
 
 from hotrepos_cli.asyncapi import render_document
-from shared.asyncapi import example_event
+from hotrepos_cli.catalogue import example_event
+from shared.amqp import connect, declare_topology
 from shared.events import EVENT_TYPES
-from shared.messaging import connect, declare_topology, encode_event
+from shared.publisher import encode_event
 from shared.settings import CommonSettings
 from shared.topology import SUBSCRIPTIONS, exchange_of
 

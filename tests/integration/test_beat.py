@@ -7,8 +7,9 @@ import datetime as dt
 import pytest
 
 from services.fetcher.beat import PublishingScheduler, parse_schedule
-from services.fetcher.tasks import create_celery_app
-from shared.messaging import Publisher, connect, declare_topology
+from services.fetcher.worker import create_celery_app
+from shared.amqp import connect, declare_topology
+from shared.publisher import Publisher
 from shared.settings import CommonSettings
 from tests.support.amqp import EventListener
 

@@ -13,7 +13,8 @@ import pika.exceptions
 import pytest
 
 from infra.rabbitmq.definitions import principals
-from services.fetcher.tasks import TASK_EXCHANGE, TASK_QUEUE
+from services.fetcher.topology import TASK_EXCHANGE, TASK_QUEUE
+from shared.amqp import connect, declare_topology
 from shared.events import (
     AlertRaised,
     EventData,
@@ -25,10 +26,10 @@ from shared.events import (
     ReportRequested,
     ReportSpec,
 )
-from shared.messaging import Publisher, PublishRefused, connect, declare_topology
+from shared.pipeline import PublishRefused
+from shared.publisher import Publisher
 from shared.settings import CommonSettings
 from shared.topology import (
-    ALERTS,
     DLX,
     EVENTS,
     PUBLISHES,
@@ -135,7 +136,6 @@ def test_every_service_can_declare_publish_and_consume_what_it_needs(users: Serv
                 publisher.publish(sample(event_type, report_id))
             publisher.publish(
                 AlertRaised(service=service, level="ERROR", logger="tests", message="test", fingerprint="f"),
-                exchange=ALERTS,
             )
             for subscription in (s for s in SUBSCRIPTIONS if s.service == service):
                 # What the consumer wrapper does with a poison message, and with one to retry later.
@@ -241,7 +241,6 @@ def test_notifier_and_beat_cannot_publish_pipeline_events(users: ServiceUsers) -
         # The refusal closed a channel, not the publisher: what it may do still works.
         notifier.publish(
             AlertRaised(service="notifier", level="ERROR", logger="t", message="m", fingerprint="f"),
-            exchange=ALERTS,
         )
     finally:
         notifier.close()

@@ -10,7 +10,7 @@ import uuid
 
 import pika
 
-from shared.messaging import connect, declare_topology
+from shared.amqp import connect, declare_topology
 from shared.settings import CommonSettings
 from shared.topology import FETCHER_REQUESTED, REASON_HEADER
 from tests.support.amqp import cloud_event, publish, queue_depth

@@ -8,22 +8,16 @@ import uuid
 
 import redis
 
-from services.gateway.projection import RedisReportStatuses, progress_channel
-from shared.events import CloudEvent, EventData, ReportPageFetched, ReportRequested, ReportSpec, event_type_of
+from services.gateway.store import RedisReportStatuses, progress_channel
+from shared.events import EventData, ReportPageFetched, ReportRequested, ReportSpec, event_type_of
+from shared.handling import EventMeta
 
 SPEC = ReportSpec(period="day", since=dt.date(2026, 11, 21))
 PAGES = 10
 
 
-def event_of(data: EventData, at: dt.datetime | None = None) -> CloudEvent:
-    return CloudEvent(
-        specversion="1.0",
-        id=str(uuid.uuid4()),
-        type=event_type_of(data),
-        source="tests",
-        time=at or dt.datetime.now(dt.UTC),
-        data=data.model_dump(mode="json"),
-    )
+def event_of(data: EventData, at: dt.datetime | None = None) -> EventMeta:
+    return EventMeta(id=str(uuid.uuid4()), type=event_type_of(data), time=at or dt.datetime.now(dt.UTC))
 
 
 def test_pages_folded_by_concurrent_replicas_are_all_counted(redis_url: str) -> None:

@@ -8,15 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.fetcher.github import (
-    GitHubClient,
-    IncompleteResults,
-    PermanentGitHubError,
-    RateLimited,
-    RetryableGitHubError,
-)
-from services.fetcher.handlers import PageFetch, Retry, RetryPolicy, fetch_page
-from shared.events import ReportFailed, ReportPageFetched, ReportSpec
+from services.fetcher.github import GitHubClient
+from services.fetcher.handlers import FETCH_PAGE, FetchPage, RetryPolicy, fetch_page
+from services.fetcher.search import IncompleteResults, PermanentGitHubError, RateLimited, RetryableGitHubError
+from shared.events import EventData, ReportFailed, ReportPageFetched, ReportSpec
+from shared.handling import EventMeta, Outgoing, RetryLater
 from tests.fake_github import FakeGitHub
 
 SINCE = dt.date(2026, 11, 15)
@@ -84,29 +80,34 @@ def test_missing_optional_fields_are_tolerated(github: FakeGitHub) -> None:
     assert len(page.items) == 100 and all(r.description is None and r.language is None for r in page.items)
 
 
-def decide(github: FakeGitHub, attempt: int) -> object:
+def decide(github: FakeGitHub, attempt: int) -> RetryLater | EventData:
+    """What the fetch handler makes of page 2 on this attempt: a retry later, or the event it publishes."""
     spec = ReportSpec(period="week", since=SINCE)
-    return fetch_page(
-        PageFetch("r", 2, 5, spec),
-        attempt,
-        github=client(github),
-        policy=RetryPolicy(max_attempts=3, base_delay=0.5),
-        rng=random.Random(1),
-    )
+    try:
+        [outcome] = fetch_page(
+            FetchPage(report_id="r", page=2, pages=5, spec=spec),
+            EventMeta(id="fetch-r-2", type=FETCH_PAGE, attempt=attempt),
+            github=client(github),
+            policy=RetryPolicy(max_attempts=3, base_delay=0.5),
+            rng=random.Random(1),
+        )
+    except RetryLater as retry:
+        return retry
+    return outcome.data if isinstance(outcome, Outgoing) else outcome
 
 
 def test_retry_decisions(github: FakeGitHub) -> None:
     github.add_fault("status", page=2, status=503)
     first = decide(github, 0)
-    assert isinstance(first, Retry) and 0 <= first.countdown <= 0.5
+    assert isinstance(first, RetryLater) and first.delay is not None and 0 <= first.delay <= 0.5
     last = decide(github, 2)
-    assert isinstance(last.data, ReportFailed) and "gave up after 3 attempts" in last.data.reason  # type: ignore[union-attr]
+    assert isinstance(last, ReportFailed) and "gave up after 3 attempts" in last.reason
     github.reset()
     github.add_fault("status", page=2, status=422)
     failed = decide(github, 0)
-    assert isinstance(failed.data, ReportFailed) and "422" in failed.data.reason  # type: ignore[union-attr]
+    assert isinstance(failed, ReportFailed) and "422" in failed.reason
     github.reset()
     github.add_fault("incomplete", page=2)
-    assert isinstance(decide(github, 0), Retry)
+    assert isinstance(decide(github, 0), RetryLater)
     accepted = decide(github, 2)
-    assert isinstance(accepted.data, ReportPageFetched) and accepted.data.incomplete_results  # type: ignore[union-attr]
+    assert isinstance(accepted, ReportPageFetched) and accepted.incomplete_results

@@ -12,17 +12,15 @@ from typing import Any
 import pytest
 import redis
 
+from shared.amqp import connect, declare_topology
+from shared.consumer import QueueConsumer, ServiceConsumer
+from shared.control import RedisCancellations
 from shared.dedup import RedisProcessedEvents
-from shared.events import CloudEvent, ReportFailed, ReportRequested
-from shared.messaging import (
-    MessageHandler,
-    Publisher,
-    RetryLater,
-    Route,
-    ServiceConsumer,
-    connect,
-    declare_topology,
-)
+from shared.events import ReportFailed, ReportRequested
+from shared.handling import EventMeta, RetryLater
+from shared.outcomes import OutcomePublisher, RedisOutcomeLedger
+from shared.pipeline import DeliveryPipeline, Route
+from shared.publisher import Publisher
 from shared.settings import CommonSettings
 from shared.topology import REASON_HEADER, on_event
 from tests.support.amqp import EventListener, cloud_event, dead_letters, publish
@@ -35,23 +33,27 @@ class Running:
         self,
         amqp_url: str,
         redis_url: str,
-        handler: Callable[[Any, CloudEvent], Any],
+        handler: Callable[[Any, EventMeta], Any],
         fails_report_as: str | None = None,
     ) -> None:
         settings = CommonSettings(amqp_url=amqp_url, redis_url=redis_url)
         self.connection = connect(settings)
         declare_topology(self.connection, [SUBSCRIPTION])
         self.publisher = Publisher(self.connection, source="tests/probe")
-        self.processed = RedisProcessedEvents(redis.Redis.from_url(redis_url))
-        wrapper = MessageHandler(
-            "probe",
-            SUBSCRIPTION,
-            {"report.requested": Route(handler, fails_report_as=fails_report_as)},
-            self.publisher,
-            self.processed,
+        redis_client = redis.Redis.from_url(redis_url)
+        self.processed = RedisProcessedEvents(redis_client)
+        pipeline = DeliveryPipeline(
+            service="probe",
+            queue=SUBSCRIPTION.queue_name,
+            routes={"report.requested": Route(handler, fails_report_as=fails_report_as)},
+            publisher=self.publisher,
+            outcomes=OutcomePublisher(RedisOutcomeLedger(redis_client), self.publisher),
+            cancellations=RedisCancellations(redis_client),
+            processed=self.processed,
             retry_base_delay=0.05,
         )
-        self.consumer = ServiceConsumer(self.connection, [wrapper], prefetch_count=4)
+        queue = QueueConsumer(SUBSCRIPTION, pipeline, self.publisher)
+        self.consumer = ServiceConsumer(self.connection, [queue], prefetch_count=4)
         self.thread = threading.Thread(target=self.consumer.run, daemon=True)
         self.thread.start()
 
@@ -66,7 +68,7 @@ class Running:
 def run_probe(amqp_url: str, redis_url: str) -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
-    def start(handler: Callable[[Any, CloudEvent], Any], **kwargs: Any) -> Running:
+    def start(handler: Callable[[Any, EventMeta], Any], **kwargs: Any) -> Running:
         running = Running(amqp_url, redis_url, handler, **kwargs)
         started.append(running)
         return running
@@ -139,7 +141,7 @@ def test_schema_violation_fails_the_report_and_is_dead_lettered(
 def test_retry_later_comes_back_through_the_delay_queue(amqp_url: str, run_probe: Callable[..., Running]) -> None:
     attempts: list[int] = []
 
-    def flaky(data: ReportRequested, meta: CloudEvent) -> None:
+    def flaky(data: ReportRequested, meta: EventMeta) -> None:
         attempts.append(1)
         if len(attempts) < 3:
             raise RetryLater("SMTP is down", delay=0.1)
@@ -157,7 +159,7 @@ def test_a_handler_that_keeps_crashing_is_dead_lettered_by_the_delivery_limit(
 ) -> None:
     attempts: list[int] = []
 
-    def crash(data: ReportRequested, meta: CloudEvent) -> None:
+    def crash(data: ReportRequested, meta: EventMeta) -> None:
         attempts.append(1)
         raise RuntimeError("boom")
 
@@ -185,7 +187,7 @@ def test_a_redelivered_event_is_acked_without_its_effect(amqp_url: str, run_prob
 def test_scope_travels_into_published_events(amqp_url: str, run_probe: Callable[..., Running]) -> None:
     listener = EventListener(amqp_url, "report.failed")
 
-    def fail(data: ReportRequested, meta: CloudEvent) -> list[ReportFailed]:
+    def fail(data: ReportRequested, meta: EventMeta) -> list[ReportFailed]:
         return [ReportFailed(report_id=data.report_id or meta.id, stage="probe", reason="r")]
 
     run_probe(fail)

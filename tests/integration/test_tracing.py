@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from kombu.connection import Connection
 from kombu.message import Message
 from opentelemetry.sdk.resources import Resource
@@ -16,8 +17,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from shared import tracing
-from shared.events import CloudEvent, ReportFailed, ReportRequested
-from shared.messaging import MessageHandler, Publisher, Route, connect, declare_topology
+from shared.amqp import connect, declare_topology
+from shared.consumer import QueueConsumer
+from shared.control import RedisCancellations
+from shared.events import ReportFailed, ReportRequested
+from shared.handling import EventMeta
+from shared.outcomes import OutcomePublisher, RedisOutcomeLedger
+from shared.pipeline import DeliveryPipeline, Route
+from shared.publisher import Publisher
 from shared.settings import CommonSettings
 from shared.topology import FETCHER_REQUESTED
 from tests.support.amqp import EventListener, cloud_event, publish
@@ -47,15 +54,24 @@ def connection(amqp_url: str, redis_url: str) -> Iterator[Connection]:
         yield opened
 
 
-def fail_every_request(event: ReportRequested, meta: CloudEvent) -> list[ReportFailed]:
+def fail_every_request(event: ReportRequested, meta: EventMeta) -> list[ReportFailed]:
     return [ReportFailed(report_id=event.report_id or meta.id, stage="test", reason="traced")]
 
 
-def handle_one(connection: Connection, amqp_url: str, traceparent: str | None) -> dict[str, Any]:
-    """Publish a request with pika, handle it with the shared wrapper, return the event it caused."""
+def handle_one(connection: Connection, amqp_url: str, redis_url: str, traceparent: str | None) -> dict[str, Any]:
+    """Publish a request with pika, handle it with the shared pipeline, return the event it caused."""
     report_id = f"trace-{uuid.uuid4().hex[:8]}"
     publisher = Publisher(connection, source="tests/tracing")
-    handler = MessageHandler("fetcher", FETCHER_REQUESTED, {"report.requested": Route(fail_every_request)}, publisher)
+    redis_client = redis.Redis.from_url(redis_url)
+    pipeline = DeliveryPipeline(
+        service="fetcher",
+        queue=FETCHER_REQUESTED.queue_name,
+        routes={"report.requested": Route(fail_every_request)},
+        publisher=publisher,
+        outcomes=OutcomePublisher(RedisOutcomeLedger(redis_client), publisher),
+        cancellations=RedisCancellations(redis_client),
+    )
+    handler = QueueConsumer(FETCHER_REQUESTED, pipeline, publisher)
     listener = EventListener(amqp_url, "report.failed")
     try:
         event = cloud_event("report.requested", {"report_id": report_id, "period": "day"})
@@ -89,9 +105,9 @@ def traceparent_of(span: ReadableSpan) -> str:
 
 
 def test_consume_handle_and_publish_spans_continue_the_incoming_trace(
-    spans: InMemorySpanExporter, connection: Connection, amqp_url: str
+    spans: InMemorySpanExporter, connection: Connection, amqp_url: str, redis_url: str
 ) -> None:
-    outgoing = handle_one(connection, amqp_url, EXTERNAL_TRACEPARENT)
+    outgoing = handle_one(connection, amqp_url, redis_url, EXTERNAL_TRACEPARENT)
 
     finished = spans.get_finished_spans()
     consume = by_kind(finished, SpanKind.CONSUMER)
@@ -114,9 +130,9 @@ def test_consume_handle_and_publish_spans_continue_the_incoming_trace(
 
 
 def test_an_event_without_traceparent_starts_a_trace(
-    spans: InMemorySpanExporter, connection: Connection, amqp_url: str
+    spans: InMemorySpanExporter, connection: Connection, amqp_url: str, redis_url: str
 ) -> None:
-    outgoing = handle_one(connection, amqp_url, None)
+    outgoing = handle_one(connection, amqp_url, redis_url, None)
 
     finished = spans.get_finished_spans()
     consume = by_kind(finished, SpanKind.CONSUMER)
@@ -125,9 +141,11 @@ def test_an_event_without_traceparent_starts_a_trace(
     assert len({s.context.trace_id for s in finished if s.context}) == 1
 
 
-def test_without_tracing_the_traceparent_passes_through_unchanged(connection: Connection, amqp_url: str) -> None:
+def test_without_tracing_the_traceparent_passes_through_unchanged(
+    connection: Connection, amqp_url: str, redis_url: str
+) -> None:
     assert not tracing.enabled()
-    outgoing = handle_one(connection, amqp_url, EXTERNAL_TRACEPARENT)
+    outgoing = handle_one(connection, amqp_url, redis_url, EXTERNAL_TRACEPARENT)
     assert outgoing["traceparent"] == EXTERNAL_TRACEPARENT
 
 

@@ -15,7 +15,7 @@ from referencing.jsonschema import DRAFT7
 
 from hotrepos_cli.__main__ import main
 from hotrepos_cli.asyncapi import BEGIN_MARKER, END_MARKER, render_document, with_topology
-from shared.asyncapi import EXAMPLES, all_subscriptions, event_types_on, topic_matches, topology_mermaid
+from hotrepos_cli.catalogue import EXAMPLES, all_subscriptions, event_types_on, topic_matches, topology_mermaid
 from shared.events import EVENT_TYPES, CloudEvent
 from shared.topology import EXCHANGES, SUBSCRIPTIONS, exchange_of
 
@@ -96,7 +96,7 @@ def test_the_catalogue_lists_every_exchange_routing_key_queue_and_message(docume
 
 @pytest.mark.parametrize("event_type", list(EVENT_TYPES))
 def test_every_message_has_an_example_that_is_a_valid_event(document: dict[str, Any], event_type: str) -> None:
-    assert event_type in EXAMPLES, f"add an example of {event_type} to shared/asyncapi.py"
+    assert event_type in EXAMPLES, f"add an example of {event_type} to hotrepos_cli/catalogue.py"
     [example] = document["components"]["messages"][event_type]["examples"]
     payload = example["payload"]
     event = CloudEvent.model_validate(payload)

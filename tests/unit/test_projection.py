@@ -8,9 +8,7 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.gateway.projection import STATE_RANK, ReportStatus, apply_event
 from shared.events import (
-    CloudEvent,
     EventData,
     LanguageCount,
     LanguageGroup,
@@ -24,20 +22,19 @@ from shared.events import (
     Repository,
     event_type_of,
 )
+from shared.handling import EventMeta
+from shared.progress import STATE_RANK, ReportStatus, apply_event
 
 REPORT = "r-1"
 SPEC = ReportSpec(period="week", since=dt.date(2026, 11, 15), layout="rows")
 T0 = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 
 
-def meta(data: EventData, *, seconds: int = 0, event_id: str | None = None, locale: str | None = None) -> CloudEvent:
-    return CloudEvent(
-        specversion="1.0",
+def meta(data: EventData, *, seconds: int = 0, event_id: str | None = None, locale: str | None = None) -> EventMeta:
+    return EventMeta(
         id=event_id or str(uuid.uuid4()),
         type=event_type_of(data),
-        source="tests",
         time=T0 + dt.timedelta(seconds=seconds),
-        data=data.model_dump(mode="json"),
         locale=locale,
     )
 
@@ -54,7 +51,7 @@ def repo(number: int, language: str | None) -> Repository:
     )
 
 
-def lifecycle() -> list[tuple[EventData, CloudEvent]]:
+def lifecycle() -> list[tuple[EventData, EventMeta]]:
     """The events of one successful report, in the order the pipeline publishes them."""
     events: list[EventData] = [ReportRequested(report_id=REPORT, period="week", ref_date=dt.date(2026, 11, 22))]
     events += [ReportPageFetched(report_id=REPORT, page=page, pages=5, spec=SPEC, items=[]) for page in range(1, 6)]
@@ -84,7 +81,7 @@ def lifecycle() -> list[tuple[EventData, CloudEvent]]:
     return [(data, meta(data, seconds=index, locale="fr")) for index, data in enumerate(events)]
 
 
-def fold(events: list[tuple[EventData, CloudEvent]]) -> ReportStatus | None:
+def fold(events: list[tuple[EventData, EventMeta]]) -> ReportStatus | None:
     status: ReportStatus | None = None
     for data, event in events:
         status = apply_event(status, data, event, received_at=T0)

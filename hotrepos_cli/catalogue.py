@@ -1,4 +1,7 @@
-"""The event catalogue, generated from the contract: an AsyncAPI 3 document and a topology diagram."""
+"""The event catalogue, generated from the contract: an AsyncAPI 3 document and a topology diagram.
+
+A documentation generator, run by `hotrepos asyncapi`: no service imports it.
+"""
 
 from __future__ import annotations
 
@@ -28,10 +31,10 @@ from shared.events import (
     Repository,
     derived_event_id,
 )
+from shared.pipeline import DELIVERY_LIMIT
 from shared.topology import (
     ALERTS,
     CONTROL,
-    DELIVERY_LIMIT,
     DLX,
     EVENTS,
     EXCHANGES,

@@ -1,0 +1,161 @@
+"""The fetcher's own Celery app: page fetches as tasks for their countdown retries, run through the
+shared delivery pipeline, and a consumer step that consumes the fetcher's event queues in the worker."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from celery import Celery, bootsteps, signals
+from celery.exceptions import Reject
+from kombu.messaging import Consumer
+
+from services.fetcher.handlers import FETCH_PAGE, FetchPage
+from services.fetcher.topology import TASK_EXCHANGE, TASK_QUEUE
+from shared.consumer import QueueConsumer
+from shared.context import current_context
+from shared.events import derived_event_id
+from shared.pipeline import Ack, DeadLetter, DeliveryPipeline, Requeue, RetryAfter
+from shared.publisher import CONFIRM_TIMEOUT_SECONDS, build_event, encode_event
+from shared.settings import CommonSettings
+
+FETCH_PAGE_TASK = "hotrepos.fetcher.fetch_page"
+EVENT_PREFETCH = 16
+# A crashed fetch comes back this soon: a bug will not heal by waiting, a flaky dependency might.
+CRASH_RETRY_SECONDS = 1.0
+
+
+@signals.setup_logging.connect
+def _keep_our_logging(**_: Any) -> None:
+    """Connected so that Celery leaves the logging set up by shared.logging alone."""
+
+
+def create_celery_app(settings: CommonSettings) -> Celery:
+    app = Celery("hotrepos-fetcher", broker=settings.amqp_url, set_as_current=False)
+    app.conf.update(
+        task_queues=[TASK_QUEUE],
+        task_default_queue=TASK_QUEUE.name,
+        task_default_exchange=TASK_EXCHANGE.name,
+        task_default_routing_key=TASK_QUEUE.routing_key,
+        task_create_missing_queues=False,
+        # Named explicitly: left to itself Celery publishes to the default exchange, which a
+        # least-privilege broker user may not write to (it reaches every queue by name).
+        task_routes={FETCH_PAGE_TASK: {"exchange": TASK_EXCHANGE.name, "routing_key": TASK_QUEUE.routing_key}},
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=4,
+        # Celery's prefetch restore after a reconnection sends basic.qos from every pool thread on one
+        # connection; py-amqp is not thread-safe, the replies get lost, and the worker stalls until the
+        # broker drops it for missed heartbeats.
+        worker_enable_prefetch_count_reduction=False,
+        worker_enable_remote_control=False,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        worker_detect_quorum_queues=False,
+        broker_connection_retry_on_startup=True,
+        broker_heartbeat=30,
+        broker_transport_options={"confirm_publish": True},
+        broker_use_ssl=_celery_ssl(settings),
+        enable_utc=True,
+        timezone="UTC",
+    )
+    return app
+
+
+def _celery_ssl(settings: CommonSettings) -> dict[str, Any] | bool:
+    if not settings.amqp_url.startswith("amqps://"):
+        return False
+    options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
+    if settings.amqp_ca_file:
+        options["ca_certs"] = str(settings.amqp_ca_file)
+    if settings.amqp_cert_file:
+        options["certfile"] = str(settings.amqp_cert_file)
+    if settings.amqp_key_file:
+        options["keyfile"] = str(settings.amqp_key_file)
+    return options
+
+
+class CeleryPageFetches:
+    """Schedules page fetches as Celery tasks, each carrying its message as a CloudEvent."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def schedule(self, fetches: list[FetchPage]) -> None:
+        # Built in the request's scope: each fetch carries its correlation id, locale and trace along.
+        context = current_context()
+        with self.app.producer_or_acquire() as producer:
+            for fetch in fetches:
+                event = build_event(
+                    fetch,
+                    source="hotrepos/fetcher",
+                    event_id=derived_event_id(fetch.report_id, "fetch", str(fetch.page)),
+                    context=context,
+                    event_type=FETCH_PAGE,
+                )
+                self.app.send_task(
+                    FETCH_PAGE_TASK,
+                    args=[encode_event(event).decode()],
+                    producer=producer,
+                    retry=True,
+                    # The consumer's event loop runs this: a confirm that never comes must not stall it,
+                    # or its connection falls silent and the broker drops it minutes later.
+                    confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
+                )
+
+
+class TaskDelivery:
+    """A page task as the pipeline reads it: Celery counts its retries, the task its crashes."""
+
+    content_type = "application/cloudevents+json"
+    message_id = None
+
+    def __init__(self, message: str, retries: int, crashes: int) -> None:
+        self.body = message.encode()
+        self.retries = retries
+        self.deliveries = crashes + 1
+
+
+def register_fetch_page_task(app: Celery, pipeline: DeliveryPipeline) -> None:
+    """The task runs its message through the pipeline and carries the verdict out the Celery way."""
+
+    @app.task(name=FETCH_PAGE_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def fetch_page_task(self: Any, message: str, crashes: int = 0) -> None:
+        verdict = pipeline.process(TaskDelivery(message, self.request.retries, crashes))
+        if isinstance(verdict, Ack):
+            return
+        if isinstance(verdict, RetryAfter):
+            raise self.retry(countdown=verdict.delay, confirm_timeout=CONFIRM_TIMEOUT_SECONDS)
+        if isinstance(verdict, Requeue):
+            raise self.retry(
+                args=[message],
+                kwargs={"crashes": crashes + 1},
+                countdown=CRASH_RETRY_SECONDS,
+                confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
+            )
+        if isinstance(verdict, DeadLetter):
+            # The broker dead-letters the task into fetcher.tasks.dlq; the pipeline logged the reason.
+            raise Reject(verdict.reason, requeue=False)
+
+
+def consumer_step(queues: list[QueueConsumer]) -> type[bootsteps.ConsumerStep]:
+    """A Celery consumer step that consumes the fetcher's event queues through the shared pipeline."""
+
+    class EventQueuesStep(bootsteps.ConsumerStep):  # type: ignore[misc]
+        def get_consumers(self, channel: Any) -> list[Consumer]:
+            return [
+                # A prefetch bound, as every other service has: a backlog spreads across replicas.
+                Consumer(
+                    channel,
+                    queues=[queue.subscription.queue()],
+                    on_message=queue,
+                    accept=None,
+                    prefetch_count=EVENT_PREFETCH,
+                )
+                for queue in queues
+            ]
+
+    return EventQueuesStep

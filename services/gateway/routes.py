@@ -1,0 +1,321 @@
+"""The gateway's HTTP API and page: one route per thing a client does, over the adapters it is given."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Annotated
+
+import anyio
+import redis.exceptions
+import structlog
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from pydantic import TypeAdapter, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway.feed import ProgressFeed
+from services.gateway.idempotency import IdempotencyKeys
+from services.gateway.orders import FutureDate, KeyReused, Ordering, place_order
+from services.gateway.sse import progress_stream
+from services.gateway.store import ReportStatuses
+from services.gateway.views import (
+    ReportAccepted,
+    ReportOrder,
+    ReportPage,
+    ReportStatusView,
+    accepted,
+    locale_from_accept_language,
+    status_url,
+    view_of,
+)
+from shared.context import EventContext, event_scope
+from shared.events import ReportCancelRequested, ReportId
+from shared.handling import EventPublisher, ProcessedEvents
+from shared.progress import ReportStatus
+
+log = structlog.get_logger("hotrepos.gateway")
+
+STATIC_DIR = Path(__file__).parent / "static"
+RETRY_AFTER_SECONDS = 5
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_report_ids: TypeAdapter[str] = TypeAdapter(ReportId)
+
+
+@dataclass(frozen=True)
+class GatewayDependencies:
+    """Everything the app talks to; the composition root builds them, tests may build others."""
+
+    publisher: EventPublisher
+    broker_errors: tuple[type[BaseException], ...]
+    statuses: ReportStatuses
+    feed: ProgressFeed
+    idempotency: IdempotencyKeys
+    processed: ProcessedEvents
+    reports_dir: Path
+    readiness: Callable[[], Mapping[str, str]]
+    today: Callable[[], dt.date]
+    debug_faults: bool = False
+    keepalive_seconds: float = 15.0
+
+    def ordering(self) -> Ordering:
+        return Ordering(
+            publisher=self.publisher,
+            statuses=self.statuses,
+            idempotency=self.idempotency,
+            processed=self.processed,
+            today=self.today,
+            store_errors=REDIS_ERRORS,
+        )
+
+
+class ServiceUnavailable(Exception):
+    """A dependency (broker, Redis) does not answer: the client should retry later."""
+
+
+def _unavailable(reason: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"service unavailable: {reason}; nothing was done, retry later"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def _invalid(where: tuple[str, str], message: str, value: object) -> RequestValidationError:
+    """A 422 in FastAPI's own shape, for what only the route can check."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": where, "msg": f"Value error, {message}", "input": value}]
+    )
+
+
+class UnhandledErrors:
+    """A crash in a request is logged at ERROR, which alerts the admins, and answered with a plain 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("request.crashed", method=scope.get("method"), path=scope.get("path"))
+            if not started:
+                response = JSONResponse({"detail": "internal server error; the admins were told"}, 500)
+                await response(scope, receive, send)
+
+
+def create_app(deps: GatewayDependencies) -> FastAPI:
+    """The FastAPI application: the API under /api, the page at /, its OpenAPI docs at /docs."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await deps.feed.close()
+
+    app = FastAPI(
+        title="hotrepos gateway",
+        description="Ask for a report of GitHub's hottest new repositories, follow it, download it.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.add_middleware(UnhandledErrors)
+    ordering = deps.ordering()
+
+    @app.exception_handler(ServiceUnavailable)
+    async def service_unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
+        return _unavailable(str(exc))
+
+    for redis_error in REDIS_ERRORS:
+
+        @app.exception_handler(redis_error)
+        async def redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
+            log.warning("redis.unreachable", error=str(exc))
+            return _unavailable("Redis does not answer")
+
+    def known_status(report_id: str) -> ReportStatus | None:
+        try:
+            _report_ids.validate_python(report_id)
+        except ValidationError:
+            return None  # an id no report can have: as unknown as any other
+        return deps.statuses.get(report_id)
+
+    def not_found(report_id: str, what: str = "report") -> JSONResponse:
+        return JSONResponse({"detail": f"no {what} for report {report_id!r}"}, status_code=404)
+
+    @app.post(
+        "/api/reports",
+        status_code=202,
+        response_model=ReportAccepted,
+        tags=["reports"],
+        responses={422: {"description": "A field is invalid"}, 503: {"description": "Retry later"}},
+    )
+    def request_report(
+        order: ReportOrder,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
+        accept_language: Annotated[str | None, Header(alias="Accept-Language")] = None,
+    ) -> JSONResponse:
+        """Queue a report: publishes report.requested and answers at once with where to follow it."""
+        locale = order.locale or locale_from_accept_language(accept_language)
+        try:
+            report_id = place_order(ordering, order, locale, idempotency_key)
+        except FutureDate as exc:
+            raise _invalid(("body", "ref_date"), str(exc), order.ref_date and order.ref_date.isoformat()) from None
+        except KeyReused as exc:
+            raise _invalid(("header", "Idempotency-Key"), str(exc), idempotency_key) from None
+        except deps.broker_errors as exc:
+            log.warning("broker.unreachable", error=str(exc))
+            raise ServiceUnavailable("the broker does not answer") from None
+        answer = accepted(report_id)
+        return JSONResponse(answer.model_dump(), status_code=202, headers={"Location": answer.status_url})
+
+    @app.get("/api/reports", response_model=ReportPage, tags=["reports"])
+    def list_reports(
+        offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=100)] = 20
+    ) -> ReportPage:
+        """The report history, newest first."""
+        statuses, total = deps.statuses.recent(offset=offset, limit=limit)
+        return ReportPage(
+            items=[view_of(status) for status in statuses],
+            total=total,
+            offset=offset,
+            limit=limit,
+            next_offset=offset + limit if offset + limit < total else None,
+        )
+
+    @app.get(
+        "/api/reports/{report_id}",
+        response_model=ReportStatusView,
+        tags=["reports"],
+        responses={404: {"description": "Unknown report"}},
+    )
+    def report_status(report_id: str) -> ReportStatusView | JSONResponse:
+        """Where a report stands, built from its events alone."""
+        status = known_status(report_id)
+        return view_of(status) if status else not_found(report_id)
+
+    @app.delete(
+        "/api/reports/{report_id}",
+        status_code=202,
+        tags=["reports"],
+        responses={
+            404: {"description": "Unknown report"},
+            409: {"description": "Already finished"},
+            503: {"description": "Retry later"},
+        },
+    )
+    def cancel_report(report_id: str) -> JSONResponse:
+        """Cancel a report: broadcast on hotrepos.control, every replica of every service drops its work."""
+        status = known_status(report_id)
+        if status is None:
+            return not_found(report_id)
+        if status.terminal:
+            return JSONResponse({"detail": f"report {report_id!r} is already {status.state}"}, status_code=409)
+        command = ReportCancelRequested(report_id=report_id, reason="cancelled by request")
+        try:
+            with event_scope(EventContext(correlationid=report_id)):
+                deps.publisher.publish(command)
+        except deps.broker_errors as exc:
+            log.warning("broker.unreachable", error=str(exc), report_id=report_id)
+            raise ServiceUnavailable("the broker does not answer") from None
+        log.info("report.cancel_requested", report_id=report_id)
+        return JSONResponse({"report_id": report_id, "status_url": status_url(report_id)}, status_code=202)
+
+    @app.get(
+        "/api/reports/{report_id}/download",
+        tags=["reports"],
+        responses={200: {"content": {"text/csv": {}}}, 404: {"description": "No such file"}},
+    )
+    def download_report(report_id: str) -> Response:
+        """The report's CSV file, as an attachment."""
+        status = known_status(report_id)
+        if status is None or status.state != "exported" or not status.file_name:
+            return not_found(report_id, "file")
+        path = file_inside(deps.reports_dir, status.file_name)
+        if path is None:
+            log.warning("download.refused", report_id=report_id, file_name=status.file_name)
+            return not_found(report_id, "file")
+        return FileResponse(
+            path, media_type="text/csv; charset=utf-8", filename=path.name, headers={"Cache-Control": "no-store"}
+        )
+
+    @app.get(
+        "/api/reports/{report_id}/events",
+        tags=["reports"],
+        responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "Unknown report"}},
+    )
+    async def report_events(
+        report_id: str, last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
+    ) -> Response:
+        """Server-Sent Events of the report's progress, from its first step (or Last-Event-ID) on."""
+        status = await anyio.to_thread.run_sync(known_status, report_id)
+        if status is None:
+            return not_found(report_id)
+        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        if status.terminal and after >= status.last_seq:
+            return Response(status_code=204)  # tells EventSource not to reconnect
+        return StreamingResponse(
+            progress_stream(
+                deps.feed, report_id, after, keepalive_seconds=deps.keepalive_seconds, interrupted_by=REDIS_ERRORS
+            ),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        """Answers while the process lives."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"description": "A dependency is down"}})
+    def readyz() -> JSONResponse:
+        """Answers 200 only while the broker and Redis answer and the projection is being fed."""
+        checks = dict(deps.readiness())
+        ready = all(value == "ok" for value in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "checks": checks},
+            status_code=200 if ready else 503,
+            headers={} if ready else {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
+
+    if deps.debug_faults:
+
+        @app.get("/api/_debug/fail", tags=["operations"])
+        def fail_on_purpose() -> None:
+            """Crashes on purpose, to check that a 500 reaches the admins (GATEWAY_DEBUG_FAULTS only)."""
+            raise RuntimeError("forced failure from /api/_debug/fail")
+
+    return app
+
+
+def file_inside(root: Path, file_name: str) -> Path | None:
+    """The file of that name directly in root, or None: no name, link or dot-segment leads out of it."""
+    name = PurePath(file_name).name
+    if not name or name in (".", ".."):
+        return None
+    try:
+        base = root.resolve()
+        path = (base / name).resolve()
+    except (OSError, ValueError):
+        return None
+    if path.parent != base or not path.is_file():
+        return None
+    return path

@@ -1,0 +1,65 @@
+"""A report's progress as Server-Sent Events: its steps replayed, then followed to the outcome."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+
+from services.gateway.feed import ProgressFeed
+from services.gateway.views import view_of
+from shared.progress import ProgressStep, ReportStatus
+
+log = structlog.get_logger("hotrepos.gateway")
+
+
+def progress_event(step: ProgressStep, status: ReportStatus) -> bytes:
+    """One SSE frame; the last step of a finished report carries its outcome."""
+    payload: dict[str, Any] = {"report_id": status.report_id, **step.model_dump(mode="json")}
+    if step.seq == status.last_seq and status.terminal:
+        view = view_of(status)
+        if status.state == "exported":
+            payload.update(
+                download_url=view.download_url, rows=status.rows, sha256=status.sha256, repositories=status.repositories
+            )
+        else:
+            payload.update(stage=status.failed_stage, reason=status.failure_reason)
+    return f"id: {step.seq}\nevent: progress\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+async def progress_stream(
+    feed: ProgressFeed,
+    report_id: str,
+    after: int,
+    *,
+    keepalive_seconds: float,
+    interrupted_by: tuple[type[BaseException], ...] = (),
+) -> AsyncIterator[bytes]:
+    """Replays the steps after `after`, then follows: a change wakes it, the store is the truth."""
+    sent = after
+    yield b"retry: 3000\n\n"
+    try:
+        async with feed.subscription(report_id) as changes:
+            idle = 0.0
+            while True:
+                # Subscribed before reading, so no change can fall between the read and the wait.
+                status = await feed.get(report_id)
+                if status is not None:
+                    for step in status.progress:
+                        if step.seq > sent:
+                            yield progress_event(step, status)
+                            sent = step.seq
+                    if status.terminal and sent >= status.last_seq:
+                        return
+                # The periodic re-read also covers a wake-up lost while Redis reconnected.
+                while not await changes.changed(timeout=1.0):
+                    idle += 1.0
+                    if idle >= keepalive_seconds:
+                        idle = 0.0
+                        yield b": keepalive\n\n"
+                        break
+    except interrupted_by as exc:
+        # The client's EventSource reconnects with Last-Event-ID and resumes where it stopped.
+        log.warning("progress.stream_interrupted", report_id=report_id, error=str(exc))

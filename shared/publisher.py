@@ -1,0 +1,148 @@
+"""CloudEvents out: built from the event's data and the scope being handled, published confirmed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from kombu.connection import Connection
+from kombu.entity import Exchange
+from kombu.pools import ProducerPool
+
+from shared import metrics, tracing
+from shared.context import EventContext, current_context
+from shared.events import CONTENT_TYPE, CloudEvent, EventData, event_type_of, new_event_id
+from shared.pipeline import PublishRefused
+from shared.topology import EVENTS, exchange_of
+
+log = structlog.get_logger("hotrepos.publisher")
+
+CONFIRM_TIMEOUT_SECONDS = 15
+ACCESS_REFUSED = 403
+DEFAULT_EXCHANGE_NAME = "amq.default"
+PUBLISH_RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 5}
+
+
+def build_event(
+    data: EventData,
+    *,
+    source: str,
+    event_id: str | None = None,
+    context: EventContext | None = None,
+    event_type: str | None = None,
+) -> CloudEvent:
+    """The CloudEvent of data, in the given scope (by default, the scope being handled)."""
+    context = context or current_context()
+    return CloudEvent(
+        specversion="1.0",
+        id=event_id or new_event_id(),
+        type=event_type or event_type_of(data),
+        source=source,
+        time=dt.datetime.now(dt.UTC),
+        datacontenttype="application/json",
+        data=data.model_dump(mode="json"),
+        correlationid=context.correlationid,
+        locale=context.locale,
+        traceparent=context.traceparent,
+    )
+
+
+def encode_event(event: CloudEvent) -> bytes:
+    return event.model_dump_json(exclude_none=True).encode()
+
+
+class Publisher:
+    """Publishes CloudEvents, persistent and confirmed, through a pool of producers (thread-safe)."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        source: str,
+        *,
+        pool_size: int = 8,
+        retry_policy: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.source = source
+        self._connection = connection
+        self._retry_policy = dict(retry_policy or PUBLISH_RETRY_POLICY)
+        self._producers = ProducerPool(connection.clone().Pool(limit=pool_size), limit=pool_size)
+
+    def publish(
+        self,
+        data: EventData,
+        *,
+        event_id: str | None = None,
+        correlationid: str | None = None,
+    ) -> CloudEvent:
+        event_type = event_type_of(data)
+        exchange = exchange_of(event_type)
+        with tracing.publish_span(event_type, exchange.name) as span:
+            # Inside the span, so that the event carries it as its traceparent.
+            context = current_context()
+            if correlationid:
+                context = context.merged(correlationid=correlationid)
+            event = build_event(data, source=self.source, event_id=event_id, context=context)
+            span.set_attribute("messaging.message.id", event.id)
+            self.publish_event(event, exchange=exchange)
+        return event
+
+    def publish_event(self, event: CloudEvent, *, exchange: Exchange = EVENTS) -> None:
+        routing_key = event.type if exchange.type == "topic" else ""
+        self.publish_raw(
+            encode_event(event),
+            exchange=exchange,
+            routing_key=routing_key,
+            message_id=event.id,
+            headers=EventContext(event.correlationid, event.locale, event.traceparent).as_headers(),
+        )
+        metrics.record_published(event)
+        log.debug("event.published", published_type=event.type, event_id=event.id)
+
+    def publish_raw(
+        self,
+        body: bytes,
+        *,
+        exchange: Exchange | str,
+        routing_key: str,
+        message_id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        content_type: str = CONTENT_TYPE,
+        expiration: float | None = None,
+    ) -> None:
+        """Publish bytes as they are; returns once the broker has confirmed them."""
+        declare = [exchange] if isinstance(exchange, Exchange) and exchange.name else []
+        try:
+            with self._producers.acquire(block=True, timeout=30) as producer:
+                producer.publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    content_type=content_type,
+                    content_encoding="utf-8",
+                    delivery_mode=2,
+                    message_id=message_id,
+                    headers=dict(headers or {}),
+                    expiration=expiration,
+                    declare=declare,
+                    retry=True,
+                    retry_policy=self._retry_policy,
+                    # A broker that dies between publish and confirm must not hang the caller for ever.
+                    confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
+                )
+        except self._connection.channel_errors as exc:
+            if getattr(exc, "reply_code", None) != ACCESS_REFUSED:
+                raise
+            # Not a broker outage: this user may not publish there, and retrying cannot change that.
+            name = exchange.name if isinstance(exchange, Exchange) else exchange
+            log.error(
+                "publish.refused", exchange=name or DEFAULT_EXCHANGE_NAME, routing_key=routing_key, reason=str(exc)
+            )
+            raise PublishRefused(
+                f"broker refused publishing to {name or DEFAULT_EXCHANGE_NAME!r} with routing key "
+                f"{routing_key!r}: {exc}"
+            ) from exc
+
+    def close(self) -> None:
+        self._producers.force_close_all()

@@ -1,0 +1,209 @@
+"""In-memory stand-ins for the ports handlers depend on, for the unit tier: no broker, no Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.gateway.idempotency import IdempotentRequest
+from services.notifier.templates import Email
+from shared.events import CloudEvent, EventData, event_type_of, new_event_id, report_id_of
+from shared.handling import Claim, EventMeta
+from shared.progress import ReportStatus, apply_event
+
+
+def meta_of(data: EventData, *, event_id: str | None = None, attempt: int = 0, locale: str | None = None) -> EventMeta:
+    return EventMeta(
+        id=event_id or new_event_id(),
+        type=event_type_of(data),
+        time=dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC),
+        locale=locale,
+        attempt=attempt,
+    )
+
+
+class RecordingPublisher:
+    """Keeps what would have gone to the broker, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[CloudEvent] = []
+
+    def publish(self, data: EventData, *, event_id: str | None = None, correlationid: str | None = None) -> CloudEvent:
+        event = CloudEvent(
+            specversion="1.0",
+            id=event_id or new_event_id(),
+            type=event_type_of(data),
+            source="tests/fake",
+            time=dt.datetime.now(dt.UTC),
+            data=data.model_dump(mode="json"),
+            correlationid=correlationid,
+        )
+        self.events.append(event)
+        return event
+
+    def types(self) -> list[str]:
+        return [event.type for event in self.events]
+
+
+class InMemoryOutcomes:
+    def __init__(self) -> None:
+        self.decided: dict[str, str] = {}
+
+    def claim(self, report_id: str, outcome: str) -> Claim:
+        current = self.decided.get(report_id)
+        if current is None:
+            self.decided[report_id] = outcome
+            return Claim.NEW
+        return Claim.SAME if current == outcome else Claim.OTHER
+
+    def release(self, report_id: str, outcome: str) -> None:
+        if self.decided.get(report_id) == outcome:
+            del self.decided[report_id]
+
+
+class InMemoryCancellations:
+    def __init__(self, *cancelled: str) -> None:
+        self.cancelled = set(cancelled)
+
+    def cancel(self, report_id: str) -> None:
+        self.cancelled.add(report_id)
+
+    def is_cancelled(self, report_id: str) -> bool:
+        return report_id in self.cancelled
+
+
+class InMemoryProcessedEvents:
+    def __init__(self) -> None:
+        self.handled: set[tuple[str, str]] = set()
+
+    def seen(self, queue: str, event_id: str) -> bool:
+        return (queue, event_id) in self.handled
+
+    def remember(self, queue: str, event_id: str) -> None:
+        self.handled.add((queue, event_id))
+
+
+@dataclass
+class SentEmail:
+    message: Email
+    to: list[str]
+    key: str
+    kind: str
+    language: str
+
+
+class RecordingMailer:
+    """Sends nothing; raises what it is told to, once per queued error."""
+
+    def __init__(self) -> None:
+        self.sent: list[SentEmail] = []
+        self.failures: list[BaseException] = []
+
+    def send(self, message: Email, to: list[str], *, key: str, kind: str, language: str = "en") -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(SentEmail(message, list(to), key, kind, language))
+
+
+@dataclass
+class InMemorySentEmails:
+    sent: set[str] = field(default_factory=set)
+    sending: set[str] = field(default_factory=set)
+    throttled: dict[str, str] = field(default_factory=dict)
+
+    def was_sent(self, key: str) -> bool:
+        return key in self.sent
+
+    def start_sending(self, key: str) -> bool:
+        if key in self.sending:
+            return False
+        self.sending.add(key)
+        return True
+
+    def mark_sent(self, key: str) -> None:
+        self.sent.add(key)
+        self.sending.discard(key)
+
+    def abandon(self, key: str) -> None:
+        self.sending.discard(key)
+
+    def first_in_interval(self, fingerprint: str, interval_seconds: float, token: str) -> bool:
+        return self.throttled.setdefault(fingerprint, token) == token
+
+
+class InMemoryStatuses:
+    """The gateway's projection in a dict, folded by the same pure fold as the Redis store."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[str, ReportStatus] = {}
+        self.folds = 0
+
+    def get(self, report_id: str) -> ReportStatus | None:
+        return self.statuses.get(report_id)
+
+    def apply(self, data: EventData, meta: EventMeta) -> ReportStatus | None:
+        report_id = report_id_of(data, meta.id)
+        if report_id is None:
+            return None
+        self.folds += 1
+        updated = apply_event(self.statuses.get(report_id), data, meta, received_at=dt.datetime.now(dt.UTC))
+        if updated is not None:
+            self.statuses[report_id] = updated
+        return updated
+
+    def recent(self, *, offset: int, limit: int) -> tuple[list[ReportStatus], int]:
+        newest = sorted(self.statuses.values(), key=lambda s: s.first_seen, reverse=True)
+        return newest[offset : offset + limit], len(newest)
+
+
+class InMemoryFeed:
+    """The statuses' changes, announced in process: a stream wakes on each apply made through it."""
+
+    def __init__(self, statuses: InMemoryStatuses) -> None:
+        self.statuses = statuses
+
+    async def get(self, report_id: str) -> ReportStatus | None:
+        return self.statuses.get(report_id)
+
+    @asynccontextmanager
+    async def subscription(self, report_id: str) -> AsyncIterator[Any]:
+        yield self
+
+    async def changed(self, timeout: float) -> bool:
+        # Nothing changes behind a test's back: a short nap stands for a quiet second.
+        await asyncio.sleep(0.001)
+        return False
+
+    async def close(self) -> None:
+        return None
+
+
+class InMemoryIdempotencyKeys:
+    def __init__(self) -> None:
+        self.keys: dict[str, IdempotentRequest] = {}
+
+    def claim(self, key: str, candidate: IdempotentRequest) -> IdempotentRequest:
+        return self.keys.setdefault(key, candidate)
+
+    def mark_published(self, key: str, request: IdempotentRequest) -> None:
+        self.keys[key] = request.model_copy(update={"published": True})
+
+
+class FakeSearch:
+    """Answers pages from a script: a SearchPage, or an exception to raise, per call."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[dt.date, int]] = []
+
+    def search_page(self, since: dt.date, page: int) -> Any:
+        self.calls.append((since, page))
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
