@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings
 
 from infra.rabbitmq.definitions import (
     DEFINITIONS_FILE,
+    OPERATOR,
     VHOST,
     build_definitions,
     password_variable,
@@ -33,6 +34,8 @@ from shared.settings import CommonSettings
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "tests" / "support" / "compose-spec.json").read_text())
 COMPOSE_FILES = ("compose.yaml", "compose.tls.yaml")
+# Started by `docker compose run`, never by `up`: the command line, as the operator.
+RUN_ONLY = {"cli"}
 
 SETTINGS_OF: dict[str, type[BaseSettings]] = {
     "fetcher": FetcherSettings,
@@ -119,7 +122,7 @@ def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[s
     }
     assert one_shots == {"rabbitmq-init"}
     for name, spec in services.items():
-        if name in one_shots:
+        if name in one_shots | RUN_ONLY:
             assert spec["restart"] == "no"
             continue
         healthcheck = spec.get("healthcheck") or {}
@@ -148,35 +151,29 @@ def test_scalable_services_pin_no_container_name_and_no_host_port(services: dict
 
 def test_each_service_logs_in_as_its_own_broker_user(services: dict[str, dict[str, Any]]) -> None:
     with_broker = {name for name, spec in services.items() if "AMQP_URL" in (spec.get("environment") or {})}
-    assert with_broker == set(principals())
-    for service in principals():
+    assert with_broker == {*principals(), "cli"}
+    user_of = {service: service for service in principals()} | {"cli": OPERATOR}
+    for service, user in user_of.items():
         url = services[service]["environment"]["AMQP_URL"]
         expected = (
-            f"${{AMQP_SCHEME:-amqp}}://{service}:${{{password_variable(service)}:?set it in .env}}"
+            f"${{AMQP_SCHEME:-amqp}}://{user}:${{{password_variable(user)}:?set it in .env}}"
             f"@rabbitmq:${{AMQP_PORT:-5672}}/{VHOST}"
         )
         assert url == expected
     assert "guest" not in (ROOT / "compose.yaml").read_text()
 
 
-def test_the_init_step_gets_every_users_password_and_nothing_else(services: dict[str, dict[str, Any]]) -> None:
-    init = services["rabbitmq-init"]
-    assert set(init["environment"]) == {password_variable(user) for user in all_users()}
-    assert services["rabbitmq"]["depends_on"]["rabbitmq-init"]["condition"] == "service_completed_successfully"
-
-
-def test_every_service_environment_names_the_settings_it_needs(services: dict[str, dict[str, Any]]) -> None:
-    for service, settings in SETTINGS_OF.items():
-        environment = set(services[service]["environment"])
-        known = {name.upper() for name in settings.model_fields}
-        assert environment <= known, (service, environment - known)
-        assert known - MAY_BE_ABSENT <= environment, (service, known - MAY_BE_ABSENT - environment)
+def test_the_cli_service_runs_only_on_demand_as_the_operator(services: dict[str, dict[str, Any]]) -> None:
+    cli = services["cli"]
+    assert cli["profiles"] == ["cli"] and cli["restart"] == "no"
+    assert cli["command"][0] == "hotrepos"
+    assert "reports:/var/lib/hotrepos/reports:ro" in cli["volumes"]
 
 
 def test_the_tls_overlay_covers_every_service_with_a_broker_user() -> None:
     overlay = load("compose.tls.yaml")["services"]
-    assert set(overlay) == {*principals(), "rabbitmq"}
-    for service in principals():
+    assert set(overlay) == {*principals(), "cli", "rabbitmq"}
+    for service in (*principals(), "cli"):
         assert set(overlay[service]["environment"]) == {"AMQP_CA_FILE", "AMQP_CERT_FILE", "AMQP_KEY_FILE"}
 
 
