@@ -36,6 +36,8 @@ SCHEMA = json.loads((ROOT / "tests" / "support" / "compose-spec.json").read_text
 COMPOSE_FILES = ("compose.yaml", "compose.tls.yaml")
 # Started by `docker compose run`, never by `up`: the command line, as the operator.
 RUN_ONLY = {"cli"}
+# A published port: 127.0.0.1, then the host port from a variable whose default is the container's port.
+PUBLISHED = re.compile(r"^127\.0\.0\.1:\$\{(?P<variable>[A-Z0-9_]+_HOST_PORT):-(?P<default>\d+)\}:(?P<port>\d+)$")
 
 SETTINGS_OF: dict[str, type[BaseSettings]] = {
     "fetcher": FetcherSettings,
@@ -168,6 +170,35 @@ def test_the_cli_service_runs_only_on_demand_as_the_operator(services: dict[str,
     assert cli["profiles"] == ["cli"] and cli["restart"] == "no"
     assert cli["command"][0] == "hotrepos"
     assert "reports:/var/lib/hotrepos/reports:ro" in cli["volumes"]
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_every_published_host_port_comes_from_a_variable_defaulting_to_the_port(name: str) -> None:
+    published = [
+        (service, port) for service, spec in load(name)["services"].items() for port in (spec or {}).get("ports", ())
+    ]
+    assert published
+    variables = []
+    for service, port in published:
+        found = PUBLISHED.match(port)
+        assert found is not None, (service, port)
+        assert found["default"] == found["port"], (service, port)
+        variables.append(found["variable"])
+    assert len(set(variables)) == len(variables)  # one variable per port, so each can move alone
+
+
+def test_the_init_step_gets_every_users_password_and_nothing_else(services: dict[str, dict[str, Any]]) -> None:
+    init = services["rabbitmq-init"]
+    assert set(init["environment"]) == {password_variable(user) for user in all_users()}
+    assert services["rabbitmq"]["depends_on"]["rabbitmq-init"]["condition"] == "service_completed_successfully"
+
+
+def test_every_service_environment_names_the_settings_it_needs(services: dict[str, dict[str, Any]]) -> None:
+    for service, settings in SETTINGS_OF.items():
+        environment = set(services[service]["environment"])
+        known = {name.upper() for name in settings.model_fields}
+        assert environment <= known, (service, environment - known)
+        assert known - MAY_BE_ABSENT <= environment, (service, known - MAY_BE_ABSENT - environment)
 
 
 def test_the_tls_overlay_covers_every_service_with_a_broker_user() -> None:
