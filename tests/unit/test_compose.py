@@ -34,6 +34,7 @@ from shared.settings import CommonSettings
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "tests" / "support" / "compose-spec.json").read_text())
 COMPOSE_FILES = ("compose.yaml", "compose.tls.yaml")
+IMAGE = "hotrepos:local"
 # Started by `docker compose run`, never by `up`: the command line, as the operator.
 RUN_ONLY = {"cli"}
 # A published port: 127.0.0.1, then the host port from a variable whose default is the container's port.
@@ -170,6 +171,19 @@ def test_the_cli_service_runs_only_on_demand_as_the_operator(services: dict[str,
     assert cli["profiles"] == ["cli"] and cli["restart"] == "no"
     assert cli["command"][0] == "hotrepos"
     assert "reports:/var/lib/hotrepos/reports:ro" in cli["volumes"]
+
+
+def test_one_service_builds_the_image_and_the_others_never_pull_it(services: dict[str, dict[str, Any]]) -> None:
+    builders = {name for name, spec in services.items() if "build" in spec}
+    assert builders == {"rabbitmq-init"}
+    assert services["rabbitmq-init"]["build"] == {"context": ".", "dockerfile": "infra/docker/Dockerfile"}
+    ours = {name for name, spec in services.items() if spec.get("image") == IMAGE}
+    assert ours >= {*principals(), "fake-github", "cli", "rabbitmq-init"}
+    for name in ours:
+        assert services[name]["pull_policy"] == "never", name
+    # A service that runs the image but is not started after its build would find no image.
+    for name in ours - builders - RUN_ONLY:
+        assert name == "fake-github" or "rabbitmq" in services[name]["depends_on"], name
 
 
 @pytest.mark.parametrize("name", COMPOSE_FILES)
