@@ -54,9 +54,11 @@ def engine(figures: Figures) -> str:
     try:
         versions = check_engine()
     except EngineUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    figures.record("engine", versions)
-    return versions
+        unavailable = str(exc)
+    else:
+        figures.record("engine", versions)
+        return versions
+    pytest.fail(unavailable, pytrace=False)
 
 
 @pytest.fixture(scope="session")

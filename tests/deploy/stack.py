@@ -42,14 +42,11 @@ def check_engine() -> str:
     if shutil.which("docker") is None:
         raise EngineUnavailable(f"the deploy tier needs a Docker engine, and there is no `docker` command: {how}")
     versions = []
-    for command in (
-        ["docker", "version", "--format", "{{.Server.Version}}"],
-        ["docker", "compose", "version", "--short"],
-    ):
-        found = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    for asked in ("docker version --format {{.Server.Version}}", "docker compose version --short"):
+        found = subprocess.run(asked.split(), capture_output=True, text=True, timeout=60)
         if found.returncode != 0:
             raise EngineUnavailable(
-                f"the deploy tier needs a Docker engine with Compose v2, and `{' '.join(command[:3])}` failed "
+                f"the deploy tier needs a Docker engine with Compose v2, and `{asked}` failed "
                 f"({(found.stderr or found.stdout).strip()[-300:]}): {how}"
             )
         versions.append(found.stdout.strip())
