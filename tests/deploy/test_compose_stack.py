@@ -136,6 +136,12 @@ def pages_by_fetcher(stack: ComposeStack, report_id: str) -> dict[str, set[int]]
     return dict(pages)
 
 
+def test_compose_resolves_both_files_with_every_profile(stack: ComposeStack) -> None:
+    files = ("-f", "compose.yaml", "-f", "compose.tls.yaml")
+    profiles = ("--profile", "offline", "--profile", "observability", "--profile", "cli")
+    stack.compose(*files, *profiles, "config", "--quiet")
+
+
 def test_the_image_is_built_once_and_runs_as_hotrepos_with_its_locked_dependencies(
     stack: ComposeStack, figures: Figures
 ) -> None:
