@@ -10,9 +10,11 @@ from collections.abc import Sequence
 import structlog
 
 from hotrepos_cli import asyncapi, cancel, dlq, logs, publish, request, schemas, tail
+from shared.pipeline import PublishRefused
 
 # Each module adds its subcommands with register(subparsers) and sets `handler` on its parser.
 COMMAND_MODULES = [cancel, dlq, publish, request, schemas, tail, asyncapi, logs]
+EXIT_REFUSED = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +37,12 @@ def quiet_library_logs() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_library_logs()
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except PublishRefused as exc:
+        # A permission of the broker user in AMQP_URL, not a bug: say which, without a traceback.
+        print(f"hotrepos {args.command}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
 
 
 if __name__ == "__main__":

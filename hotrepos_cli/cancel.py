@@ -22,8 +22,10 @@ def cancel(args: argparse.Namespace) -> int:
     settings = load_settings(CommonSettings)
     with connect(settings) as connection:
         publisher = Publisher(connection, source="hotrepos/cli", pool_size=1)
-        event = publisher.publish(command, correlationid=command.report_id)
-        publisher.close()
+        try:
+            event = publisher.publish(command, correlationid=command.report_id)
+        finally:
+            publisher.close()
     print(f"cancel of {command.report_id} broadcast on hotrepos.control (event {event.id})")
     return 0
 

@@ -115,6 +115,15 @@ def dlq_show(args: argparse.Namespace, connection: Connection) -> int:
 
 def dlq_replay(args: argparse.Namespace, connection: Connection) -> int:
     publisher = Publisher(connection, source="hotrepos/cli", pool_size=1)
+    try:
+        replayed = _replay(args, connection, publisher)
+    finally:
+        publisher.close()
+    print(f"replayed {replayed} message(s)")
+    return 0
+
+
+def _replay(args: argparse.Namespace, connection: Connection, publisher: Publisher) -> int:
     replayed = 0
     for queue in _queues(args):
         if _message_count(connection, queue) is None:
@@ -150,9 +159,7 @@ def dlq_replay(args: argparse.Namespace, connection: Connection) -> int:
             )
             message.ack()
             replayed += 1
-    publisher.close()
-    print(f"replayed {replayed} message(s)")
-    return 0
+    return replayed
 
 
 def dlq_purge(args: argparse.Namespace, connection: Connection) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,11 +16,31 @@ from tests.support.smtp import SmtpSink
 TODAY = dt.date(2026, 11, 22)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+TIERS = ("unit", "integration", "e2e", "chaos", "deploy")
+# Minutes of engine set-up and image builds: run on purpose (-m deploy, scripts/test-deploy.sh), never by default.
+ON_PURPOSE_ONLY = "deploy"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        for tier in ("unit", "integration", "e2e", "chaos"):
+        for tier in TIERS:
             if f"/tests/{tier}/" in str(item.fspath):
                 item.add_marker(getattr(pytest.mark, tier))
+    if _asked_for_on_purpose(config):
+        return
+    deselected = [item for item in items if item.get_closest_marker(ON_PURPOSE_ONLY)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker(ON_PURPOSE_ONLY)]
+
+
+def _asked_for_on_purpose(config: pytest.Config) -> bool:
+    """-m names the tier (pytest's own -m filter then decides), or an argument is a path inside it."""
+    if ON_PURPOSE_ONLY in (config.option.markexpr or ""):
+        return True
+    folder = Path(__file__).parent / ON_PURPOSE_ONLY
+    named = (config.invocation_params.dir / arg.split("::")[0] for arg in config.args)
+    return any(path.resolve().is_relative_to(folder) for path in named)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Broker definitions derived from shared/topology.py: one vhost, one least-privilege user per service.
+"""Broker definitions derived from shared/topology.py: one vhost, one least-privilege user per service,
+and one for a person running the `hotrepos` command line (the operator).
 
     python -m infra.rabbitmq.definitions                 # write infra/rabbitmq/definitions.json
     python -m infra.rabbitmq.definitions --check         # exit 1 if that file has drifted from the code
@@ -34,19 +35,28 @@ from shared.topology import (
     EVENTS,
     EXCHANGES,
     PUBLISHES,
+    REDELIVER,
     RETRY,
+    SUBSCRIPTIONS,
+    every_subscription,
     exchange_of,
     subscriptions_with_control,
 )
 
 VHOST = "hotrepos"
 ADMIN = "admin"
+# A person's everyday user for the command line: no administrator tag, no service's queue.
+OPERATOR = "operator"
+# What `hotrepos request` and `hotrepos cancel` publish.
+OPERATOR_PUBLISHES = ("report.requested", "report.cancel.requested")
 DEFINITIONS_FILE = Path(__file__).with_name("definitions.json")
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 # How RabbitMQ names the nameless default exchange in permission checks.
 DEFAULT_EXCHANGE = "amq.default"
 # Server-named queues (`queue_declare("")`): a replica's exclusive queue on hotrepos.control.
 SERVER_NAMED_QUEUES = r"amq\.gen-.*"
+# `hotrepos tail PATTERN` binds its own queue with whatever pattern it is given.
+ANY_ROUTING_KEY = ".*"
 NOTHING = "^$"
 
 # What a service declares and uses outside the shared contract: the fetcher's own Celery plumbing.
@@ -56,9 +66,9 @@ PRIVATE_PUBLISHES: dict[str, tuple[str, ...]] = {"fetcher": (TASK_EXCHANGE.name,
 
 @dataclass
 class Grant:
-    """What one service's broker user may do, by resource name and by routing key."""
+    """What one broker user may do, by resource name and by routing key."""
 
-    service: str
+    user: str
     configure: set[str] = field(default_factory=set)
     write: set[str] = field(default_factory=set)
     read: set[str] = field(default_factory=set)
@@ -73,6 +83,15 @@ class Grant:
 def principals() -> tuple[str, ...]:
     """Every service that gets a broker user of its own, in the contract's order."""
     return tuple(PUBLISHES)
+
+
+def grantees() -> tuple[str, ...]:
+    """Every user whose permissions are derived here: the services', then the operator's."""
+    return (*principals(), OPERATOR)
+
+
+def grant_of(user: str) -> Grant:
+    return operator_grant() if user == OPERATOR else grant_for(user)
 
 
 def password_variable(user: str) -> str:
@@ -116,6 +135,39 @@ def grant_for(service: str) -> Grant:
     return grant
 
 
+def operator_grant() -> Grant:
+    """What the command line does on the broker (hotrepos_cli/), and nothing else.
+
+    request and cancel publish (declaring the exchange first, as every publisher does); request --wait
+    and tail follow events on an exclusive server-named queue of their own, bound with any pattern;
+    dlq reads every dead-letter queue and replays a message where the dlq command sends it: a work
+    queue's dead letter through hotrepos.redeliver to that one queue, any other to where it was first
+    published (a page task to the fetcher's task exchange, a control command to hotrepos.control).
+    """
+    grant = Grant(OPERATOR)
+    for event_type in OPERATOR_PUBLISHES:
+        exchange = exchange_of(event_type)
+        grant.configure.add(exchange.name)
+        grant.write.add(exchange.name)
+        if exchange.type == "topic":
+            grant.topic_writes.setdefault(exchange.name, set()).add(event_type)
+    grant.publishes = tuple(t for t in OPERATOR_PUBLISHES if exchange_of(t) is EVENTS)
+
+    grant.queues.add(SERVER_NAMED_QUEUES)
+    grant.configure |= {SERVER_NAMED_QUEUES, EVENTS.name}
+    grant.write.add(SERVER_NAMED_QUEUES)
+    grant.read |= {SERVER_NAMED_QUEUES, EVENTS.name}
+    grant.topic_reads.setdefault(EVENTS.name, set()).add(ANY_ROUTING_KEY)
+    grant.consumes.append(f"`{EVENTS.name}` (a queue of its own, any pattern)")
+
+    dead_letter_queues = sorted({s.dlq_name for s in every_subscription()} | {TASK_DEAD_LETTER_QUEUE.name})
+    grant.read |= set(dead_letter_queues)
+    grant.consumes.append("every `*.dlq`")
+    grant.write |= {REDELIVER.name, TASK_EXCHANGE.name}
+    grant.topic_writes.setdefault(REDELIVER.name, set()).update(s.queue_name for s in SUBSCRIPTIONS)
+    return grant
+
+
 def _contract_exchanges() -> set[str]:
     return {e.name for e in EXCHANGES}
 
@@ -144,24 +196,24 @@ def _grant_queue(grant: Grant, queue: Queue) -> None:
 
 def name_pattern(names: Iterable[str]) -> str:
     """An anchored regex matching exactly these names (a name already a regex is kept as it is)."""
-    parts = sorted(n if n == SERVER_NAMED_QUEUES else re.escape(n) for n in names)
+    parts = sorted(n if n in (SERVER_NAMED_QUEUES, ANY_ROUTING_KEY) else re.escape(n) for n in names)
     return f"^(?:{'|'.join(parts)})$" if parts else NOTHING
 
 
 def build_definitions(
     vhost: str = VHOST, user_names: Mapping[str, str] | None = None, *, with_admin: bool = True
 ) -> dict[str, Any]:
-    """RabbitMQ definitions for the vhost; user_names renames the services' users (tests)."""
-    names = {service: service for service in principals()} | dict(user_names or {})
+    """RabbitMQ definitions for the vhost; user_names renames the derived users (tests)."""
+    names = {grantee: grantee for grantee in grantees()} | dict(user_names or {})
     users: list[dict[str, Any]] = []
     permissions: list[dict[str, str]] = []
     topic_permissions: list[dict[str, str]] = []
     if with_admin:
         users.append(_user(ADMIN, ["administrator"]))
         permissions.append({"user": ADMIN, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"})
-    for service in principals():
-        grant = grant_for(service)
-        user = names[service]
+    for grantee in grantees():
+        grant = grant_of(grantee)
+        user = names[grantee]
         users.append(_user(user, []))
         permissions.append(
             {
@@ -238,15 +290,15 @@ def users_table() -> str:
         "|---|---|---|---|",
         f"| `{ADMIN}` | (a person: the management UI) | anything | anything (administrator) |",
     ]
-    for service in principals():
-        grant = grant_for(service)
+    for user in grantees():
+        grant = grant_of(user)
         consumes = ", ".join(grant.consumes) or "nothing"
         publishes = ", ".join(f"`{key}`" for key in grant.publishes) or "nothing"
         # A queue and an exchange may share a name (the fetcher's Celery plumbing): list both.
-        private = set(PRIVATE_PUBLISHES.get(service, ()))
+        private = set(PRIVATE_PUBLISHES.get(user, ()))
         exchanges = sorted((grant.write - grant.queues - {EVENTS.name}) | private)
         others = ", ".join(f"`{name}`" for name in exchanges)
-        lines.append(f"| `{service}` | {consumes} | {publishes} | {others} |")
+        lines.append(f"| `{user}` | {consumes} | {publishes} | {others} |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,9 +14,10 @@ from pathlib import Path
 import pika
 import pika.exceptions
 import pytest
+import requests
 
-from infra.rabbitmq.definitions import principals
-from services.fetcher.topology import TASK_EXCHANGE, TASK_QUEUE
+from infra.rabbitmq.definitions import OPERATOR, principals
+from services.fetcher.topology import TASK_DEAD_LETTER_QUEUE, TASK_EXCHANGE, TASK_QUEUE
 from shared.amqp import connect, declare_topology
 from shared.events import (
     AlertRaised,
@@ -30,9 +34,15 @@ from shared.pipeline import PublishRefused
 from shared.publisher import Publisher
 from shared.settings import CommonSettings
 from shared.topology import (
+    AGGREGATOR_PAGE_FETCHED,
+    ALERTS,
+    CONTROL,
     DLX,
     EVENTS,
+    FETCHER_REQUESTED,
     PUBLISHES,
+    REASON_HEADER,
+    REDELIVER,
     RETRY,
     SUBSCRIPTIONS,
     control_of,
@@ -94,6 +104,7 @@ def declare_as_services(users: ServiceUsers) -> None:
             declare_topology(connection, subscriptions_with_control(service))
             if service == "fetcher":
                 TASK_QUEUE(connection.default_channel).declare()  # as the fetcher's Celery worker does
+                TASK_DEAD_LETTER_QUEUE(connection.default_channel).declare()  # as the fetcher does at start
 
 
 def refusal(amqp_url: str, action: str, *args: str) -> str | None:
@@ -306,3 +317,132 @@ def test_a_refused_publish_in_a_service_is_an_error_an_alert_and_a_dead_letter(
     finally:
         alerts.close()
         aggregator.stop()
+
+
+def operator_cli(users: ServiceUsers, *args: str) -> subprocess.Popen[str]:
+    """`hotrepos ...` logged in as the operator, the user an operator points the command line at."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hotrepos_cli", *args],
+        env={**os.environ, "AMQP_URL": users.amqp_url(OPERATOR)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished(command: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = command.communicate(timeout=90)
+    return command.returncode, out, err
+
+
+def dead_letter_a_page_task(users: ServiceUsers) -> None:
+    """A page task the fetcher's worker gives up on: the broker dead-letters it, with its x-death record."""
+    publish(users.amqp_url("fetcher"), TASK_QUEUE.routing_key, b'{"type": "page-task"}', exchange=TASK_EXCHANGE.name)
+    connection = pika.BlockingConnection(pika.URLParameters(users.amqp_url("fetcher")))
+    try:
+        channel = connection.channel()
+        method, _, _ = channel.basic_get(TASK_QUEUE.name, auto_ack=False)
+        assert method is not None
+        channel.basic_reject(method.delivery_tag, requeue=False)
+    finally:
+        connection.close()
+
+
+def test_the_operator_can_do_everything_the_command_line_does(users: ServiceUsers) -> None:
+    declare_as_services(users)
+    control = EventListener(users.amqp_url("gateway"), binding_key="", exchange=CONTROL.name)
+    try:
+        status, report_id, err = finished(operator_cli(users, "request", "--period", "day"))
+        assert status == 0, err
+        assert drain(users.amqp_url("fetcher"), FETCHER_REQUESTED.queue_name) == ["report.requested"]
+
+        status, _, err = finished(operator_cli(users, "cancel", report_id.strip()))
+        assert status == 0, err
+        control.wait_for(lambda e: e["data"]["report_id"] == report_id.strip(), 30)
+    finally:
+        control.close()
+
+    # request --wait and tail: a queue of its own on hotrepos.events, followed until the outcome.
+    waiting = operator_cli(users, "request", "--period", "week", "--wait", "--timeout", "60")
+    assert waiting.stderr is not None
+    followed = waiting.stderr.readline().split()[1]  # "report <id> requested (week)"
+    tail = operator_cli(users, "tail", "report.#", "--count", "1")
+    assert tail.stderr is not None and "listening" in tail.stderr.readline()
+    with connect(settings_of(users, "exporter")) as connection:
+        exporter = Publisher(connection, source="tests/exporter", pool_size=1)
+        try:
+            exporter.publish(sample("report.exported", followed))
+        finally:
+            exporter.close()
+    status, path, err = finished(waiting)
+    assert (status, path.strip()) == (0, "r.csv"), err
+    status, line, err = finished(tail)
+    assert status == 0 and "report.exported" in line and followed in line, err
+
+    # dlq: read every dead-letter queue, and replay where the dlq command sends each message.
+    publish(
+        users.amqp_url("aggregator"),
+        AGGREGATOR_PAGE_FETCHED.queue_name,
+        cloud_event("report.page.fetched", sample("report.page.fetched", "dead").model_dump(mode="json")),
+        exchange=DLX.name,
+        headers={REASON_HEADER: "test"},
+    )
+    dead_letter_a_page_task(users)
+    status, listed, err = finished(operator_cli(users, "dlq", "list"))
+    assert status == 0, err
+    counts = dict(line.split() for line in listed.splitlines())
+    assert counts[AGGREGATOR_PAGE_FETCHED.dlq_name] == "1" and counts[TASK_DEAD_LETTER_QUEUE.name] == "1"
+    assert {
+        c for q, c in counts.items() if q not in (AGGREGATOR_PAGE_FETCHED.dlq_name, TASK_DEAD_LETTER_QUEUE.name)
+    } == {"0"}
+    status, shown, err = finished(operator_cli(users, "dlq", "show"))
+    assert status == 0 and len(shown.splitlines()) == 2, err
+    status, replayed, err = finished(operator_cli(users, "dlq", "replay"))
+    assert (status, replayed.strip()) == (0, "replayed 2 message(s)"), err
+    assert drain(users.amqp_url("aggregator"), AGGREGATOR_PAGE_FETCHED.queue_name) == ["report.page.fetched"]
+    assert drain(users.amqp_url("fetcher"), TASK_QUEUE.name) == ["page-task"]
+    dead_letter_a_page_task(users)
+    status, purged, err = finished(operator_cli(users, "dlq", "purge", "--all"))
+    assert status == 0 and f"{TASK_DEAD_LETTER_QUEUE.name}: purged 1" in purged, err
+
+
+def test_the_operator_is_refused_everything_else(broker: Broker, users: ServiceUsers) -> None:
+    declare_as_services(users)
+    operator = users.amqp_url(OPERATOR)
+    unexpected = []
+    attempts: list[tuple[str, tuple[str, ...]]] = [
+        *(("publish", (EVENTS.name, t)) for t in EVENT_TYPES_ON_EVENTS if t != "report.requested"),
+        ("publish", (ALERTS.name, "")),
+        ("publish", ("", FETCHER_REQUESTED.queue_name)),
+        ("publish", (DLX.name, FETCHER_REQUESTED.queue_name)),
+        ("publish", (RETRY.name, FETCHER_REQUESTED.queue_name)),
+        ("publish", (REDELIVER.name, TASK_QUEUE.name)),
+        ("declare", ("operator.own",)),
+        ("get", (TASK_QUEUE.name,)),
+        ("delete", (TASK_DEAD_LETTER_QUEUE.name,)),
+    ]
+    for subscription in SUBSCRIPTIONS:
+        attempts += [
+            ("get", (subscription.queue_name,)),
+            ("consume", (subscription.queue_name,)),
+            ("get", (subscription.retry_name,)),
+            ("delete", (subscription.dlq_name,)),
+            ("bind", (subscription.queue_name, EVENTS.name, "report.#")),
+            ("bind", (subscription.dlq_name, EVENTS.name, "report.#")),
+        ]
+    for action, args in attempts:
+        refused = refusal(operator, action, *args)
+        if refused is None or not refused.startswith("403 ACCESS_REFUSED"):
+            unexpected.append((action, args, refused))
+    assert unexpected == []
+
+    status, _, err = finished(
+        operator_cli(users, "publish", "report.failed", "--data", '{"report_id": "r", "stage": "s", "reason": "r"}')
+    )
+    assert status == 4 and "refused publishing to 'hotrepos.events' with routing key 'report.failed'" in err, err
+    # No administrator tag: the management API does not let it in.
+    overview = requests.get(
+        f"{broker.management_url}/api/overview", auth=(users.names[OPERATOR], users.passwords[OPERATOR]), timeout=30
+    )
+    assert overview.status_code == 401

@@ -1,4 +1,4 @@
-"""The generated least-privilege users, loaded into a throwaway vhost under unique names."""
+"""The generated least-privilege users, the services' and the operator's, in a throwaway vhost under unique names."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from urllib.parse import quote
 
 import requests
 
-from infra.rabbitmq.definitions import build_definitions, principals, with_passwords
+from infra.rabbitmq.definitions import build_definitions, grantees, with_passwords
 from tests.support.broker import Broker
 
 
 @dataclass(frozen=True)
 class ServiceUsers:
-    """Each service's broker user on one vhost: its name and an AMQP URL that logs in as it."""
+    """Each derived broker user on one vhost (a service's, or the operator's): its name and an AMQP URL."""
 
     broker: Broker
     vhost: str
@@ -48,10 +48,10 @@ class ServiceUsers:
 def service_users(broker: Broker, vhost: str) -> Iterator[ServiceUsers]:
     """Import the generated users and permissions (renamed) through the broker's definitions API."""
     tag = uuid.uuid4().hex[:8]
-    names = {service: f"hotrepos-test-{tag}-{service}" for service in principals()}
-    passwords = {service: secrets.token_hex(16) for service in principals()}
+    names = {grantee: f"hotrepos-test-{tag}-{grantee}" for grantee in grantees()}
+    passwords = {grantee: secrets.token_hex(16) for grantee in grantees()}
     users = ServiceUsers(broker, vhost, names, passwords)
-    definitions = with_passwords(users.definitions(), {names[service]: passwords[service] for service in principals()})
+    definitions = with_passwords(users.definitions(), {names[grantee]: passwords[grantee] for grantee in grantees()})
     del definitions["vhosts"]  # the throwaway vhost exists already; it is deleted by its owner
     try:
         broker.api("POST", "/definitions", json=definitions)

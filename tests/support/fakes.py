@@ -206,4 +206,3 @@ class FakeSearch:
         if isinstance(answer, BaseException):
             raise answer
         return answer
-

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from pydantic_settings import BaseSettings
 
 from infra.rabbitmq.definitions import (
     DEFINITIONS_FILE,
+    OPERATOR,
     VHOST,
     build_definitions,
     password_variable,
@@ -33,6 +32,11 @@ from shared.settings import CommonSettings
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "tests" / "support" / "compose-spec.json").read_text())
 COMPOSE_FILES = ("compose.yaml", "compose.tls.yaml")
+IMAGE = "hotrepos:local"
+# Started by `docker compose run`, never by `up`: the command line, as the operator.
+RUN_ONLY = {"cli"}
+# A published port: 127.0.0.1, then the host port from a variable whose default is the container's port.
+PUBLISHED = re.compile(r"^127\.0\.0\.1:\$\{(?P<variable>[A-Z0-9_]+_HOST_PORT):-(?P<default>\d+)\}:(?P<port>\d+)$")
 
 SETTINGS_OF: dict[str, type[BaseSettings]] = {
     "fetcher": FetcherSettings,
@@ -81,31 +85,6 @@ def test_the_schema_rejects_what_compose_would() -> None:
     assert list(validator.iter_errors(broken))
 
 
-@pytest.mark.skipif(not shutil.which("docker-compose"), reason="the docker-compose CLI is not installed")
-def test_docker_compose_resolves_the_files(tmp_path: Path) -> None:
-    env_file = tmp_path / "compose.env"
-    env_file.write_text("".join(f"{password_variable(u)}=x{i}\n" for i, u in enumerate(all_users())))
-    result = subprocess.run(
-        [
-            "docker-compose",
-            "--env-file",
-            str(env_file),
-            "--profile",
-            "offline",
-            "--profile",
-            "observability",
-            *[arg for name in COMPOSE_FILES for arg in ("-f", str(ROOT / name))],
-            "config",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-
-
 def all_users() -> list[str]:
     return [user["name"] for user in build_definitions()["users"]]
 
@@ -119,7 +98,7 @@ def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[s
     }
     assert one_shots == {"rabbitmq-init"}
     for name, spec in services.items():
-        if name in one_shots:
+        if name in one_shots | RUN_ONLY:
             assert spec["restart"] == "no"
             continue
         healthcheck = spec.get("healthcheck") or {}
@@ -148,15 +127,51 @@ def test_scalable_services_pin_no_container_name_and_no_host_port(services: dict
 
 def test_each_service_logs_in_as_its_own_broker_user(services: dict[str, dict[str, Any]]) -> None:
     with_broker = {name for name, spec in services.items() if "AMQP_URL" in (spec.get("environment") or {})}
-    assert with_broker == set(principals())
-    for service in principals():
+    assert with_broker == {*principals(), "cli"}
+    user_of = {service: service for service in principals()} | {"cli": OPERATOR}
+    for service, user in user_of.items():
         url = services[service]["environment"]["AMQP_URL"]
         expected = (
-            f"${{AMQP_SCHEME:-amqp}}://{service}:${{{password_variable(service)}:?set it in .env}}"
+            f"${{AMQP_SCHEME:-amqp}}://{user}:${{{password_variable(user)}:?set it in .env}}"
             f"@rabbitmq:${{AMQP_PORT:-5672}}/{VHOST}"
         )
         assert url == expected
     assert "guest" not in (ROOT / "compose.yaml").read_text()
+
+
+def test_the_cli_service_runs_only_on_demand_as_the_operator(services: dict[str, dict[str, Any]]) -> None:
+    cli = services["cli"]
+    assert cli["profiles"] == ["cli"] and cli["restart"] == "no"
+    assert cli["command"][0] == "hotrepos"
+    assert "reports:/var/lib/hotrepos/reports:ro" in cli["volumes"]
+
+
+def test_one_service_builds_the_image_and_the_others_never_pull_it(services: dict[str, dict[str, Any]]) -> None:
+    builders = {name for name, spec in services.items() if "build" in spec}
+    assert builders == {"rabbitmq-init"}
+    assert services["rabbitmq-init"]["build"] == {"context": ".", "dockerfile": "infra/docker/Dockerfile"}
+    ours = {name for name, spec in services.items() if spec.get("image") == IMAGE}
+    assert ours >= {*principals(), "fake-github", "cli", "rabbitmq-init"}
+    for name in ours:
+        assert services[name]["pull_policy"] == "never", name
+    # A service that runs the image but is not started after its build would find no image.
+    for name in ours - builders - RUN_ONLY:
+        assert name == "fake-github" or "rabbitmq" in services[name]["depends_on"], name
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_every_published_host_port_comes_from_a_variable_defaulting_to_the_port(name: str) -> None:
+    published = [
+        (service, port) for service, spec in load(name)["services"].items() for port in (spec or {}).get("ports", ())
+    ]
+    assert published
+    variables = []
+    for service, port in published:
+        found = PUBLISHED.match(port)
+        assert found is not None, (service, port)
+        assert found["default"] == found["port"], (service, port)
+        variables.append(found["variable"])
+    assert len(set(variables)) == len(variables)  # one variable per port, so each can move alone
 
 
 def test_the_init_step_gets_every_users_password_and_nothing_else(services: dict[str, dict[str, Any]]) -> None:
@@ -175,8 +190,8 @@ def test_every_service_environment_names_the_settings_it_needs(services: dict[st
 
 def test_the_tls_overlay_covers_every_service_with_a_broker_user() -> None:
     overlay = load("compose.tls.yaml")["services"]
-    assert set(overlay) == {*principals(), "rabbitmq"}
-    for service in principals():
+    assert set(overlay) == {*principals(), "cli", "rabbitmq"}
+    for service in (*principals(), "cli"):
         assert set(overlay[service]["environment"]) == {"AMQP_CA_FILE", "AMQP_CERT_FILE", "AMQP_KEY_FILE"}
 
 
