@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from kombu.connection import Connection
+from kombu.entity import Exchange
 from kombu.message import Message
 from kombu.messaging import Consumer as KombuConsumer
 from kombu.mixins import ConsumerMixin
@@ -88,31 +89,36 @@ class QueueConsumer:
             self._dead_letter(message, verdict.reason)
 
     def _dead_letter(self, message: Message, reason: str) -> None:
-        headers = _with_origin(message)
-        headers[REASON_HEADER] = reason[:1000]
-        self._publisher.publish_raw(
-            _raw_body(message),
-            exchange=DLX,
-            routing_key=self.subscription.queue_name,
-            message_id=message.properties.get("message_id"),
-            headers=headers,
-            content_type=message.content_type or "application/octet-stream",
-        )
-        message.ack()
+        # A dead letter keeps the content type it came with, or none: it may not be an event at all.
+        self._republish(message, DLX, {REASON_HEADER: reason[:1000]}, default_type="application/octet-stream")
 
     def _retry_later(self, message: Message, verdict: RetryAfter) -> None:
         # The message waits in the queue's .retry queue for its TTL; the broker then dead-letters it
         # back to this queue alone, through hotrepos.redeliver.
-        headers = _with_origin(message)
-        headers[RETRIES_HEADER] = verdict.retries
+        self._republish(message, RETRY, {RETRIES_HEADER: verdict.retries}, expiration=verdict.delay)
+
+    def _republish(
+        self,
+        message: Message,
+        exchange: Exchange,
+        headers: dict[str, Any],
+        *,
+        expiration: float | None = None,
+        default_type: str = CONTENT_TYPE,
+    ) -> None:
+        """The message as it came, keyed by this queue's name and with where it was first published, then acked."""
+        delivery = message.delivery_info or {}
+        original = dict(message.headers or {})
+        original.setdefault(ORIGINAL_EXCHANGE_HEADER, delivery.get("exchange", ""))
+        original.setdefault(ORIGINAL_ROUTING_KEY_HEADER, delivery.get("routing_key", ""))
         self._publisher.publish_raw(
             _raw_body(message),
-            exchange=RETRY,
+            exchange=exchange,
             routing_key=self.subscription.queue_name,
             message_id=message.properties.get("message_id"),
-            headers=headers,
-            content_type=message.content_type or CONTENT_TYPE,
-            expiration=verdict.delay,
+            headers={**original, **headers},
+            content_type=message.content_type or default_type,
+            expiration=expiration,
         )
         message.ack()
 
@@ -147,15 +153,6 @@ class ServiceConsumer(ConsumerMixin):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, stop)
             signal.signal(signal.SIGINT, stop)
-
-
-def _with_origin(message: Message) -> dict[str, Any]:
-    """The message's headers, plus where it was first published (kept across retries)."""
-    headers = dict(message.headers or {})
-    delivery = message.delivery_info or {}
-    headers.setdefault(ORIGINAL_EXCHANGE_HEADER, delivery.get("exchange", ""))
-    headers.setdefault(ORIGINAL_ROUTING_KEY_HEADER, delivery.get("routing_key", ""))
-    return headers
 
 
 def _count(value: object) -> int:

@@ -3,7 +3,7 @@ and one for a person running the `hotrepos` command line (the operator).
 
     python -m infra.rabbitmq.definitions                 # write infra/rabbitmq/definitions.json
     python -m infra.rabbitmq.definitions --check         # exit 1 if that file has drifted from the code
-    python -m infra.rabbitmq.definitions --table         # the README's table of users
+    python -m infra.rabbitmq.definitions --table         # docs/compose.md's table of users
     python -m infra.rabbitmq.definitions --deploy OUT    # deploy time: add password hashes from the env
 
 The committed file holds no secret: its users have no password and cannot log in. At deploy time,
@@ -284,7 +284,7 @@ def render(definitions: Mapping[str, Any]) -> str:
 
 
 def users_table() -> str:
-    """The README's table: each user, what it consumes, publishes and may write besides."""
+    """docs/compose.md's table: each user, what it consumes, publishes and may write besides."""
     lines = [
         "| user | consumes | publishes on `hotrepos.events` | writes to other exchanges |",
         "|---|---|---|---|",
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true", help="fail if definitions.json is stale")
-    action.add_argument("--table", action="store_true", help="print the README's users table")
+    action.add_argument("--table", action="store_true", help="print docs/compose.md's users table")
     action.add_argument("--deploy", type=Path, metavar="OUT", help="write definitions with password hashes")
     args = parser.parse_args(argv)
 

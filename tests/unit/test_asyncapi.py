@@ -1,4 +1,4 @@
-"""The event catalogue and the README's diagram: generated from shared/, valid AsyncAPI 3, never stale."""
+"""The event catalogue and the architecture's diagram: generated from shared/, valid AsyncAPI 3, never stale."""
 
 from __future__ import annotations
 
@@ -54,10 +54,10 @@ def test_the_checked_in_catalogue_is_the_one_the_code_generates() -> None:
     )
 
 
-def test_the_readme_diagram_is_the_one_the_code_generates() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert readme.count(BEGIN_MARKER) == 1 and readme.count(END_MARKER) == 1
-    assert with_topology(readme) == readme, "the README's topology is stale: run `hotrepos asyncapi`"
+def test_the_architecture_diagram_is_the_one_the_code_generates() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert page.count(BEGIN_MARKER) == 1 and page.count(END_MARKER) == 1
+    assert with_topology(page) == page, "the architecture's topology is stale: run `hotrepos asyncapi`"
 
 
 def test_the_catalogue_is_valid_asyncapi_3(document: dict[str, Any]) -> None:
@@ -140,7 +140,7 @@ def test_check_fails_on_a_stale_catalogue_and_passes_once_written(
     readme = tmp_path / "README.md"
     out.write_text("asyncapi: 3.0.0\n")
     readme.write_text(f"# hotrepos\n\n{BEGIN_MARKER}\nold diagram\n{END_MARKER}\n\nmore text\n")
-    paths = ["--out", str(out), "--readme", str(readme)]
+    paths = ["--out", str(out), "--architecture", str(readme)]
 
     assert main(["asyncapi", "--check", *paths]) == 1
     assert "differs from the contract" in capsys.readouterr().err

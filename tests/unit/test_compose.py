@@ -219,5 +219,5 @@ def test_definitions_json_is_generated_from_the_contract() -> None:
     assert "guest" not in {user["name"] for user in committed["users"]}
 
 
-def test_readme_shows_the_generated_users_table() -> None:
-    assert users_table() in (ROOT / "README.md").read_text()
+def test_the_compose_guide_shows_the_generated_users_table() -> None:
+    assert users_table() in (ROOT / "docs" / "compose.md").read_text()
