@@ -23,8 +23,8 @@ from tests.support.chaos import (
     wait_until_settled,
 )
 from tests.support.rabbit_node import rabbit_cluster, rabbitmq_available
-from tests.support.services import wait_until
 from tests.support.smtp import SmtpSink
+from tests.support.waiting import eventually
 
 FULL = chaos_sizes().scale == "full"
 
@@ -75,7 +75,7 @@ def test_losing_a_cluster_node_loses_and_duplicates_nothing(
                     publisher = RequestPublisher(urls[1:])
                     for report_id in ids:
                         publisher.request(report_id, period="week")
-                    wait_until(lambda: recorder.of("report.page.fetched"), 60, "a first page fetched")
+                    eventually(lambda: recorder.of("report.page.fetched"), timeout=60, message="a first page fetched")
                     in_flight = len(ids) - len(recorder.outcomes_by_report())
                     lost.kill()
                     late = report_ids("node-loss-late", max(1, len(ids) // 2))

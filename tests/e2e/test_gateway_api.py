@@ -20,9 +20,9 @@ from tests.fake_github import FakeGitHub
 from tests.support.amqp import EventListener, cloud_event, publish
 from tests.support.broker import Broker
 from tests.support.pipeline import ADMIN, Gateway, Pipeline
-from tests.support.services import wait_until
 from tests.support.smtp import SmtpSink
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import eventually
 
 REQUESTER = "reader@example.com"
 SINCE = TODAY - dt.timedelta(days=7)
@@ -81,7 +81,7 @@ def wait_for_state(client: httpx.Client, report_id: str, *states: str, timeout: 
         return response.status_code == 200 and seen["status"]["state"] in states
 
     try:
-        wait_until(reached, timeout, f"report {report_id} in {states}")
+        eventually(reached, timeout=timeout, message=f"report {report_id} in {states}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last seen: {seen.get('status')}") from None
     return dict(seen["status"])
@@ -360,7 +360,7 @@ def test_while_the_broker_is_away_a_request_gets_503_then_its_retry_goes_through
     try:
         with httpx.Client(base_url=replica.url, timeout=30) as client:
             proxy.cut()
-            wait_until(lambda: client.get("/readyz").status_code == 503, 60, "/readyz unready")
+            eventually(lambda: client.get("/readyz").status_code == 503, timeout=60, message="/readyz unready")
             unready = client.get("/readyz")
             assert unready.headers["retry-after"] == "5"
             assert unready.json()["checks"]["broker"] != "ok" and unready.json()["checks"]["redis"] == "ok"
@@ -372,7 +372,7 @@ def test_while_the_broker_is_away_a_request_gets_503_then_its_retry_goes_through
             assert refused.headers["retry-after"] == "5"
 
             proxy.restore()
-            wait_until(replica.ready, 60, "/readyz ready again")
+            eventually(replica.ready, timeout=60, message="/readyz ready again")
             accepted = client.post("/api/reports", json={"period": "day"}, headers={"Idempotency-Key": key})
             assert accepted.status_code == 202, accepted.text
             report_id = accepted.json()["report_id"]

@@ -6,12 +6,13 @@ import contextlib
 import datetime as dt
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pika
+
+from tests.support.waiting import eventually
 
 CLOUDEVENTS = "application/cloudevents+json"
 
@@ -91,18 +92,21 @@ class EventListener:
         channel.queue_bind(queue, exchange, binding_key)
         self._ready.set()
         try:
-            while not self._stop.is_set():
-                method, properties, body = channel.basic_get(queue, auto_ack=True)
-                if method is None:
-                    connection.sleep(0.05)
-                    continue
-                with self._lock:
-                    self.raw.append((properties, body))
-                    with contextlib.suppress(ValueError):
-                        self.events.append(json.loads(body))
+            # Pushed by the broker as they come; the short inactivity timeout only lets close() be heard.
+            for method, properties, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.1):
+                if self._stop.is_set():
+                    break
+                if method is not None:
+                    self._record(properties, body)
             connection.close()
         except pika.exceptions.AMQPError:
             pass  # the test's vhost is gone: nothing more to hear
+
+    def _record(self, properties: Any, body: bytes) -> None:
+        with self._lock:
+            self.raw.append((properties, body))
+            with contextlib.suppress(ValueError):
+                self.events.append(json.loads(body))
 
     def close(self) -> None:
         self._stop.set()
@@ -118,16 +122,18 @@ class EventListener:
             ]
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """The first event heard that matches."""
+
+        def matching() -> dict[str, Any] | None:
             with self._lock:
-                for event in self.events:
-                    if predicate(event):
-                        return event
-            time.sleep(0.05)
-        with self._lock:
-            seen = [(e.get("type"), (e.get("data") or {}).get("report_id")) for e in self.events]
-        raise AssertionError(f"no matching event within {timeout}s; seen: {seen[-30:]}")
+                return next((event for event in self.events if predicate(event)), None)
+
+        def seen() -> str:
+            with self._lock:
+                heard = [(e.get("type"), (e.get("data") or {}).get("report_id")) for e in self.events]
+            return f"no matching event; seen: {heard[-30:]}"
+
+        return eventually(matching, timeout=timeout, message=seen, interval=0.05)
 
     def wait_for_outcome(self, report_id: str, timeout: float = 60) -> dict[str, Any]:
         return self.wait_for(

@@ -32,6 +32,7 @@ from tests.support.broker import Broker
 from tests.support.pipeline import ADMIN, PIPELINE_SERVICES, QUEUES_OF, Pipeline
 from tests.support.services import ROOT, ServiceProcess
 from tests.support.smtp import SmtpSink
+from tests.support.waiting import eventually
 
 ARTIFACTS = ROOT / "test-artifacts" / "chaos"
 # Log directories of the pipelines started in this session, kept when a chaos test fails.
@@ -90,11 +91,15 @@ class ReplicatedPipeline:
         deadline = time.monotonic() + timeout
         for service in PIPELINE_SERVICES:
             for queue in QUEUES_OF[service]:
-                while queue_consumers(self.pipeline.broker, self.pipeline.vhost, queue) < self.replicas:
+
+                def consuming(queue: str = queue) -> bool:
                     self.assert_alive()
-                    if time.monotonic() > deadline:
-                        raise AssertionError(f"fewer than {self.replicas} consumers on {queue}\n{self.logs()}")
-                    time.sleep(0.2)
+                    return queue_consumers(self.pipeline.broker, self.pipeline.vhost, queue) >= self.replicas
+
+                def missing(queue: str = queue) -> str:
+                    return f"{self.replicas} consumers on {queue}\n{self.logs()}"
+
+                eventually(consuming, timeout=max(0.0, deadline - time.monotonic()), message=missing, interval=0.2)
 
     def dead(self) -> list[str]:
         return [p.name for p in self.processes if not p.alive]
@@ -188,8 +193,9 @@ class RequestPublisher:
     def publish(self, exchange: str, routing_key: str, body: bytes, *, timeout: float = 120) -> None:
         # Published again if the broker went away before confirming: a request is accepted once
         # it is confirmed, and the fetcher's dedup absorbs a second copy.
-        deadline = time.monotonic() + timeout
-        while True:
+        refused: list[BaseException] = []
+
+        def confirmed() -> bool:
             try:
                 channel = self._open()
                 channel.basic_publish(
@@ -200,12 +206,18 @@ class RequestPublisher:
                         content_type=CLOUDEVENTS, delivery_mode=2, message_id=json.loads(body).get("id")
                     ),
                 )
-                return
-            except (pika.exceptions.AMQPError, OSError):
+                return True
+            except (pika.exceptions.AMQPError, OSError) as exc:
                 self.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+                refused.append(exc)
+                return False
+
+        eventually(
+            confirmed,
+            timeout=timeout,
+            message=lambda: f"{routing_key} confirmed by the broker; last error: {refused[-1]!r}",
+            interval=0.5,
+        )
 
     def _open(self) -> Any:
         if self._connection is None or self._connection.is_closed:
@@ -385,32 +397,36 @@ def wait_until_settled(broker: Broker, vhost: str, timeout: float, quiet: float 
 
     `quiet` exceeds the management API's statistics interval (5 s by default), whose counts lag.
     """
-    deadline = time.monotonic() + timeout
-    quiet_since: float | None = None
-    while time.monotonic() < deadline:
+    quiet_since: list[float] = []  # since when no queue has held a message, while that lasts
+
+    def quiet_long_enough() -> float | None:
         try:
             busy = bool(pending_work(broker, vhost))
         except Exception:
             busy = True
         now = time.monotonic()
         if busy:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = now
-        elif now - quiet_since >= quiet:
-            return quiet_since
-        time.sleep(0.5)
-    return None
+            quiet_since.clear()
+        elif not quiet_since:
+            quiet_since.append(now)
+        elif now - quiet_since[0] >= quiet:
+            return quiet_since[0]
+        return None
+
+    try:
+        return eventually(quiet_long_enough, timeout=timeout, message="the queues quiet", interval=0.5)
+    except AssertionError:
+        return None  # reported among the figures, beside what is still queued
 
 
-def drain(amqp_url: str, queue: str, timeout: float = 60) -> list[tuple[Any, bytes]]:
-    """Take every message out of a queue (the test owns the vhost)."""
+def drain(amqp_url: str, queue: str) -> list[tuple[Any, bytes]]:
+    """Take every message a queue holds now out of it (the test owns the vhost)."""
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     found: list[tuple[Any, bytes]] = []
-    deadline = time.monotonic() + timeout
     try:
         channel = connection.channel()
-        while time.monotonic() < deadline:
+        # As many as it holds now, not until it is empty: a queue still filling would never be.
+        for _ in range(channel.queue_declare(queue, passive=True).method.message_count):
             method, properties, body = channel.basic_get(queue, auto_ack=True)
             if method is None:
                 break
@@ -536,18 +552,21 @@ def wait_for_reports(
     """Until every report has an outcome and, when someone is to be told, a requester email; or
     until `give_up` says that waiting longer cannot help."""
     ids = list(report_ids)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def done_or_hopeless() -> str | None:
         outcomes = recorder.outcomes_by_report()
-        done = all(report_id in outcomes for report_id in ids) and (
+        if all(report_id in outcomes for report_id in ids) and (
             requester is None or all(requester_emails(sink, r, requester) for r in ids)
-        )
-        if done:
-            return True
+        ):
+            return "done"
         if give_up is not None and give_up():
-            return False
-        time.sleep(0.5)
-    return False
+            return "hopeless"
+        return None
+
+    try:
+        return eventually(done_or_hopeless, timeout=timeout, message="every report told", interval=0.5) == "done"
+    except AssertionError:
+        return False  # the figures show which reports are missing
 
 
 @contextlib.contextmanager

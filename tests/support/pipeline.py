@@ -12,8 +12,9 @@ from typing import Any
 import requests
 
 from tests.support.broker import Broker
-from tests.support.services import ServiceProcess, wait_until
+from tests.support.services import ServiceProcess
 from tests.support.smtp import free_port
+from tests.support.waiting import eventually
 
 PIPELINE_SERVICES = ("fetcher", "aggregator", "exporter", "notifier")
 QUEUES_OF = {
@@ -131,7 +132,7 @@ class Pipeline:
                 raise AssertionError(f"{name} exited:\n{process.output()[-4000:]}")
             return gateway.ready() if wait_ready else gateway.alive()
 
-        wait_until(answering, timeout, f"{name} answering on {gateway.url}")
+        eventually(answering, timeout=timeout, message=f"{name} answering on {gateway.url}")
         return gateway
 
     def wait_for_consumer(self, queue: str, timeout: float = 60) -> None:
@@ -142,7 +143,7 @@ class Pipeline:
             except Exception:
                 return False
 
-        wait_until(consuming, timeout, f"a consumer on {queue}")
+        eventually(consuming, timeout=timeout, message=f"a consumer on {queue}")
 
     def assert_alive(self) -> None:
         for process in self.processes:
