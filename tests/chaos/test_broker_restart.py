@@ -18,10 +18,10 @@ from tests.support.chaos import (
     pending_work,
     publish_figures,
     report_ids,
-    running_pipeline,
     wait_for_reports,
     wait_until_settled,
 )
+from tests.support.pipeline import running_pipeline
 from tests.support.rabbit_node import RabbitNode
 from tests.support.smtp import SmtpSink
 from tests.support.waiting import eventually
@@ -82,7 +82,7 @@ def test_a_broker_restart_mid_run_loses_and_duplicates_nothing(
                 ids,
                 recorder=recorder,
                 sink=smtp_sink,
-                reports_dir=pipeline.pipeline.reports_dir,
+                reports_dir=pipeline.reports_dir,
                 dead_lettered=sum(dead_letter_counts(broker, vhost).values()),
             )
             payload = publish_figures(

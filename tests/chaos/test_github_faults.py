@@ -17,7 +17,6 @@ from tests.support.broker import Broker
 from tests.support.chaos import (
     REQUESTER,
     OutcomeRecorder,
-    ReplicatedPipeline,
     RequestPublisher,
     admin_failed_emails,
     chaos_sizes,
@@ -26,9 +25,9 @@ from tests.support.chaos import (
     publish_figures,
     report_ids,
     requester_emails,
-    running_pipeline,
     wait_for_reports,
 )
+from tests.support.pipeline import Pipeline, running_pipeline
 from tests.support.smtp import SmtpSink
 
 FULL = chaos_sizes().scale == "full"
@@ -118,7 +117,7 @@ def fault_pipeline(
     module_fake_github: FakeGitHub,
     module_smtp_sink: SmtpSink,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[ReplicatedPipeline, OutcomeRecorder]]:
+) -> Iterator[tuple[Pipeline, OutcomeRecorder]]:
     with broker.vhost("hotrepos-chaos") as vhost:
         recorder = OutcomeRecorder(broker.amqp_url(vhost))
         try:
@@ -141,7 +140,7 @@ def fault_pipeline(
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name.replace(" ", "-")) for c in CASES])
 def test_github_fault_ends_in_a_retried_export_or_a_told_failure(
     case: FaultCase,
-    fault_pipeline: tuple[ReplicatedPipeline, OutcomeRecorder],
+    fault_pipeline: tuple[Pipeline, OutcomeRecorder],
     fake_github: FakeGitHub,
     module_smtp_sink: SmtpSink,
     figures_name: str,
@@ -151,7 +150,7 @@ def test_github_fault_ends_in_a_retried_export_or_a_told_failure(
     fake_github.add_faults(case.faults)
     [report_id] = report_ids("fault", 1)
     started = time.monotonic()
-    publisher = RequestPublisher(pipeline.pipeline.amqp_url)
+    publisher = RequestPublisher(pipeline.amqp_url)
     publisher.request(report_id, period="day")
     publisher.close()
     wait_for_reports([report_id], recorder, sink, 180 if FULL else 60)
@@ -161,8 +160,8 @@ def test_github_fault_ends_in_a_retried_export_or_a_told_failure(
         [report_id],
         recorder=recorder,
         sink=sink,
-        reports_dir=pipeline.pipeline.reports_dir,
-        dead_lettered=sum(dead_letter_counts(pipeline.pipeline.broker, pipeline.pipeline.vhost).values()),
+        reports_dir=pipeline.reports_dir,
+        dead_lettered=sum(dead_letter_counts(pipeline.broker, pipeline.vhost).values()),
     )
     [outcome, *_] = recorder.outcomes_by_report().get(report_id, [{}])
     pages = [e["data"] for e in recorder.of("report.page.fetched", report_id)]
@@ -196,7 +195,7 @@ def test_github_fault_ends_in_a_retried_export_or_a_told_failure(
     if case.check.startswith("page 1 is passed on flagged incomplete"):
         assert payload["pages_flagged_incomplete"] == [1], payload
     if case.check.startswith("page 1 rows have no language"):
-        [path] = pipeline.pipeline.reports_dir.glob(f"*-{report_id}.csv")
+        [path] = pipeline.reports_dir.glob(f"*-{report_id}.csv")
         with path.open(encoding="utf-8", newline="") as handle:
             rows = list(csv.DictReader(handle))
         assert rows and all(r["language"] == "Unknown" and r["description"] == "" for r in rows), rows[:3]

@@ -46,10 +46,9 @@ from tests.support.chaos import (
     publish_figures,
     queues,
     report_ids,
-    running_pipeline,
     wait_for_reports,
 )
-from tests.support.pipeline import ADMIN
+from tests.support.pipeline import ADMIN, running_pipeline
 from tests.support.services import ROOT
 from tests.support.smtp import SmtpSink
 from tests.support.waiting import eventually
@@ -268,7 +267,7 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
                     ids,
                     recorder=recorder,
                     sink=smtp_sink,
-                    reports_dir=pipeline.pipeline.reports_dir,
+                    reports_dir=pipeline.reports_dir,
                     dead_lettered=sum(len(found) for found in letters.values()),
                 )
                 pipeline.assert_alive()
@@ -282,7 +281,7 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
                 multiline = [
                     str(m["Subject"]) for m in mails if any("\n" in str(v) or "\r" in str(v) for v in m.values())
                 ]
-                reports_dir = pipeline.pipeline.reports_dir
+                reports_dir = pipeline.reports_dir
                 stray_reports = sorted(
                     str(p.relative_to(reports_dir))
                     for p in reports_dir.rglob("*")

@@ -20,10 +20,10 @@ from tests.support.chaos import (
     publish_figures,
     queues,
     report_ids,
-    running_pipeline,
     wait_for_reports,
     wait_until_settled,
 )
+from tests.support.pipeline import running_pipeline
 from tests.support.smtp import SmtpSink
 from tests.support.waiting import eventually
 
@@ -80,7 +80,7 @@ def test_an_smtp_outage_delays_emails_but_loses_and_doubles_none(
                     ids,
                     recorder=recorder,
                     sink=smtp_sink,
-                    reports_dir=pipeline.pipeline.reports_dir,
+                    reports_dir=pipeline.reports_dir,
                     dead_lettered=sum(dead_letter_counts(broker, vhost).values()),
                 )
                 payload = publish_figures(

@@ -1,4 +1,4 @@
-"""Chaos-tier machinery: sizes, a pipeline with replicas, a process killer, and the figures.
+"""Chaos-tier machinery: sizes, a process killer, requests and outcomes on the wire, and the figures.
 
 The figures are counted from outside the services, as a user would: outcome events on the wire
 (by event id, per report), emails in the SMTP sink (per report), CSV files in REPORTS_DIR, and
@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -29,14 +29,12 @@ import pika.exceptions
 
 from tests.support.amqp import CLOUDEVENTS, cloud_event
 from tests.support.broker import Broker
-from tests.support.pipeline import ADMIN, PIPELINE_SERVICES, QUEUES_OF, Pipeline
-from tests.support.services import ROOT, ServiceProcess
+from tests.support.pipeline import ADMIN, Pipeline
+from tests.support.services import ROOT
 from tests.support.smtp import SmtpSink
 from tests.support.waiting import eventually
 
 ARTIFACTS = ROOT / "test-artifacts" / "chaos"
-# Log directories of the pipelines started in this session, kept when a chaos test fails.
-PIPELINE_LOG_DIRS: list[Path] = []
 REQUESTER = "chaos-reader@example.com"
 OUTCOMES = ("report.exported", "report.failed")
 FIGURES_PREFIX = "CHAOS-FIGURES "
@@ -65,68 +63,13 @@ def chaos_sizes() -> ChaosSizes:
 
 
 # ----------------------------------------------------------------------------------------------
-# A pipeline with replicas, and a process killer
-
-
-@dataclass
-class ReplicatedPipeline:
-    """Pipeline's services, each as `replicas` competing processes named `<service>-<n>`."""
-
-    pipeline: Pipeline
-    replicas: int = 1
-
-    @property
-    def processes(self) -> list[ServiceProcess]:
-        return self.pipeline.processes
-
-    def start(self, timeout: float = 120) -> ReplicatedPipeline:
-        for service in PIPELINE_SERVICES:
-            for index in range(1, self.replicas + 1):
-                self.pipeline.start(f"{service}-{index}")
-        self.wait_for_consumers(timeout)
-        return self
-
-    def wait_for_consumers(self, timeout: float = 120) -> None:
-        """Until every replica consumes every queue of its service."""
-        deadline = time.monotonic() + timeout
-        for service in PIPELINE_SERVICES:
-            for queue in QUEUES_OF[service]:
-
-                def consuming(queue: str = queue) -> bool:
-                    self.assert_alive()
-                    return queue_consumers(self.pipeline.broker, self.pipeline.vhost, queue) >= self.replicas
-
-                def missing(queue: str = queue) -> str:
-                    return f"{self.replicas} consumers on {queue}\n{self.logs()}"
-
-                eventually(consuming, timeout=max(0.0, deadline - time.monotonic()), message=missing, interval=0.2)
-
-    def dead(self) -> list[str]:
-        return [p.name for p in self.processes if not p.alive]
-
-    def assert_alive(self) -> None:
-        dead = [p for p in self.processes if not p.alive]
-        if dead:
-            raise AssertionError("exited: " + ", ".join(p.name for p in dead) + "\n" + dead[0].output()[-4000:])
-
-    def stop(self) -> None:
-        self.pipeline.stop_all()
-
-    def logs(self) -> str:
-        return self.pipeline.logs()
-
-
-def queue_consumers(broker: Broker, vhost: str, queue: str) -> int:
-    try:
-        return int(broker.queue(vhost, queue).get("consumers", 0))
-    except Exception:
-        return 0
+# A process killer
 
 
 class ProcessKiller:
     """SIGKILLs a random service process every few seconds and starts it again at once."""
 
-    def __init__(self, pipeline: ReplicatedPipeline, every: tuple[float, float], rng: random.Random) -> None:
+    def __init__(self, pipeline: Pipeline, every: tuple[float, float], rng: random.Random) -> None:
         self.pipeline = pipeline
         self.every = every
         self.rng = rng
@@ -567,35 +510,3 @@ def wait_for_reports(
         return eventually(done_or_hopeless, timeout=timeout, message="every report told", interval=0.5) == "done"
     except AssertionError:
         return False  # the figures show which reports are missing
-
-
-@contextlib.contextmanager
-def running_pipeline(
-    *,
-    broker: Broker,
-    vhost: str,
-    redis_url: str,
-    github_url: str,
-    smtp_port: int,
-    root: Path,
-    today: dt.date,
-    replicas: int = 1,
-    extra_env: Mapping[str, str] | None = None,
-    timeout: float = 120,
-) -> Iterator[ReplicatedPipeline]:
-    pipeline = Pipeline(
-        broker=broker,
-        vhost=vhost,
-        redis_url=redis_url,
-        github_url=github_url,
-        smtp_port=smtp_port,
-        root=root,
-        today=today,
-        extra_env=dict(extra_env or {}),
-    )
-    replicated = ReplicatedPipeline(pipeline, replicas)
-    PIPELINE_LOG_DIRS.append(pipeline.log_dir)
-    try:
-        yield replicated.start(timeout)
-    finally:
-        replicated.stop()
