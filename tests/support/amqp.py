@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -15,6 +15,8 @@ import pika
 from tests.support.waiting import eventually
 
 CLOUDEVENTS = "application/cloudevents+json"
+# A routing key and event type no service binds or knows: the tests' own marker in a queue.
+SENTINEL = "test.sentinel"
 
 
 def cloud_event(
@@ -70,26 +72,37 @@ def publish(
 
 
 class EventListener:
-    """An exclusive queue bound to hotrepos.events, as any new subscriber would bind one."""
+    """An exclusive queue bound to hotrepos.events, as any new subscriber would bind one.
 
-    def __init__(self, amqp_url: str, binding_key: str = "#", exchange: str = "hotrepos.events") -> None:
+    A listener whose binding keys take SENTINEL (`#` does) can catch up: see catch_up().
+    """
+
+    def __init__(
+        self, amqp_url: str, binding_key: str | tuple[str, ...] = "#", exchange: str = "hotrepos.events"
+    ) -> None:
+        self.amqp_url = amqp_url
+        self.exchange = exchange
         self.events: list[dict[str, Any]] = []
         self.raw: list[tuple[Any, bytes]] = []
+        # The listener's own sentinels are kept apart: they are not events under test.
+        self._sentinels: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(amqp_url, binding_key, exchange), daemon=True)
+        binding_keys = (binding_key,) if isinstance(binding_key, str) else binding_key
+        self._thread = threading.Thread(target=self._run, args=(amqp_url, binding_keys, exchange), daemon=True)
         self._thread.start()
         if not self._ready.wait(20):
             raise RuntimeError("listener did not bind its queue")
 
-    def _run(self, amqp_url: str, binding_key: str, exchange: str) -> None:
+    def _run(self, amqp_url: str, binding_keys: tuple[str, ...], exchange: str) -> None:
         connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
         channel = connection.channel()
         kind = "fanout" if exchange in ("hotrepos.alerts", "hotrepos.control") else "topic"
         channel.exchange_declare(exchange, kind, durable=True)
         queue = channel.queue_declare("", exclusive=True).method.queue
-        channel.queue_bind(queue, exchange, binding_key)
+        for binding_key in binding_keys:
+            channel.queue_bind(queue, exchange, binding_key)
         self._ready.set()
         try:
             # Pushed by the broker as they come; the short inactivity timeout only lets close() be heard.
@@ -103,10 +116,17 @@ class EventListener:
             pass  # the test's vhost is gone: nothing more to hear
 
     def _record(self, properties: Any, body: bytes) -> None:
+        try:
+            event = json.loads(body)
+        except ValueError:
+            event = None
         with self._lock:
+            if isinstance(event, dict) and event.get("type") == SENTINEL:
+                self._sentinels.add(str(event.get("id")))
+                return
             self.raw.append((properties, body))
-            with contextlib.suppress(ValueError):
-                self.events.append(json.loads(body))
+            if event is not None:
+                self.events.append(event)
 
     def close(self) -> None:
         self._stop.set()
@@ -144,6 +164,24 @@ class EventListener:
             timeout,
         )
 
+    def catch_up(self, timeout: float = 30) -> None:
+        """Until everything published on hotrepos.events before this call has reached the listener.
+
+        A sentinel published now lands in the listener's queue behind every event already routed
+        there, and the queue is read in order: once the sentinel is heard, so is all that came before.
+        """
+        if self.exchange != "hotrepos.events":
+            # On a fanout, every service's queue would get the sentinel too.
+            raise ValueError(f"a listener on {self.exchange} cannot catch up with a sentinel")
+        sentinel = str(uuid.uuid4())
+        publish(self.amqp_url, SENTINEL, cloud_event(SENTINEL, {}, event_id=sentinel))
+
+        def heard() -> bool:
+            with self._lock:
+                return sentinel in self._sentinels
+
+        eventually(heard, timeout=timeout, message=f"the listener's sentinel on {SENTINEL}", interval=0.05)
+
 
 def dead_letters(amqp_url: str, queue: str) -> list[tuple[Any, bytes]]:
     """Every message in a dead-letter queue, read and put back (nack with requeue)."""
@@ -165,10 +203,22 @@ def dead_letters(amqp_url: str, queue: str) -> list[tuple[Any, bytes]]:
         connection.close()
 
 
-def queue_depth(amqp_url: str, queue: str) -> int:
-    """Messages ready in a queue, from the broker itself (the management API's figures lag)."""
+@dataclass(frozen=True)
+class QueueState:
+    messages: int  # ready, not counting those delivered and unacknowledged
+    consumers: int
+
+
+def queue_state(amqp_url: str, queue: str) -> QueueState:
+    """A queue's figures from the broker itself, as of now (the management API's figures lag by seconds)."""
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
-        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
+        declared = connection.channel().queue_declare(queue, passive=True).method
+        return QueueState(int(declared.message_count), int(declared.consumer_count))
     finally:
         connection.close()
+
+
+def queue_depth(amqp_url: str, queue: str) -> int:
+    """Messages ready in a queue, from the broker itself (the management API's figures lag)."""
+    return queue_state(amqp_url, queue).messages
