@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.chaos import ARTIFACTS, PIPELINE_LOG_DIRS, ChaosSizes, chaos_sizes
+from tests.support.chaos import ARTIFACTS, ChaosSizes, chaos_sizes
+from tests.support.pipeline import PIPELINE_LOG_DIRS
 from tests.support.rabbit_node import RabbitNode, rabbitmq_available
 
 

@@ -46,12 +46,12 @@ from tests.support.chaos import (
     publish_figures,
     queues,
     report_ids,
-    running_pipeline,
     wait_for_reports,
 )
-from tests.support.pipeline import ADMIN
-from tests.support.services import ROOT, wait_until
+from tests.support.pipeline import ADMIN, running_pipeline
+from tests.support.services import ROOT
 from tests.support.smtp import SmtpSink
+from tests.support.waiting import eventually
 
 FULL = chaos_sizes().scale == "full"
 EXCHANGES = ("hotrepos.events", "hotrepos.alerts", "hotrepos.control")
@@ -235,7 +235,7 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
                         pending_work(broker, vhost)
                     )
 
-                wait_until(all_dead_lettered, 600 if FULL else 150, f"{total_expected} dead letters")
+                eventually(all_dead_lettered, timeout=600 if FULL else 150, message=f"{total_expected} dead letters")
                 letters: dict[str, list[tuple[Any, bytes]]] = {
                     q["name"]: drain(amqp_url, q["name"]) for q in queues(broker, vhost) if q["name"].endswith(".dlq")
                 }
@@ -252,10 +252,10 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
                 )
 
                 # The valid probes were handled, and the admins heard of the dead letters.
-                wait_until(
+                eventually(
                     lambda: sum(1 for m in smtp_sink.to(REQUESTER) if marker in body_of(m)) >= 2,
-                    60,
-                    "the emails of the valid probes",
+                    timeout=60,
+                    message="the emails of the valid probes",
                 )
                 # And a valid report still goes through.
                 ids = report_ids("after-hostile", 1)
@@ -267,7 +267,7 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
                     ids,
                     recorder=recorder,
                     sink=smtp_sink,
-                    reports_dir=pipeline.pipeline.reports_dir,
+                    reports_dir=pipeline.reports_dir,
                     dead_lettered=sum(len(found) for found in letters.values()),
                 )
                 pipeline.assert_alive()
@@ -281,7 +281,7 @@ def test_hostile_messages_are_dead_lettered_with_a_reason_and_harm_nothing(
                 multiline = [
                     str(m["Subject"]) for m in mails if any("\n" in str(v) or "\r" in str(v) for v in m.values())
                 ]
-                reports_dir = pipeline.pipeline.reports_dir
+                reports_dir = pipeline.reports_dir
                 stray_reports = sorted(
                     str(p.relative_to(reports_dir))
                     for p in reports_dir.rglob("*")

@@ -18,13 +18,13 @@ from tests.support.chaos import (
     pending_work,
     publish_figures,
     report_ids,
-    running_pipeline,
     wait_for_reports,
     wait_until_settled,
 )
+from tests.support.pipeline import running_pipeline
 from tests.support.rabbit_node import rabbit_cluster, rabbitmq_available
-from tests.support.services import wait_until
 from tests.support.smtp import SmtpSink
+from tests.support.waiting import eventually
 
 FULL = chaos_sizes().scale == "full"
 
@@ -75,7 +75,7 @@ def test_losing_a_cluster_node_loses_and_duplicates_nothing(
                     publisher = RequestPublisher(urls[1:])
                     for report_id in ids:
                         publisher.request(report_id, period="week")
-                    wait_until(lambda: recorder.of("report.page.fetched"), 60, "a first page fetched")
+                    eventually(lambda: recorder.of("report.page.fetched"), timeout=60, message="a first page fetched")
                     in_flight = len(ids) - len(recorder.outcomes_by_report())
                     lost.kill()
                     late = report_ids("node-loss-late", max(1, len(ids) // 2))
@@ -99,7 +99,7 @@ def test_losing_a_cluster_node_loses_and_duplicates_nothing(
                         ids,
                         recorder=recorder,
                         sink=smtp_sink,
-                        reports_dir=pipeline.pipeline.reports_dir,
+                        reports_dir=pipeline.reports_dir,
                         dead_lettered=sum(dead_letter_counts(broker, vhost).values()),
                     )
                     payload = publish_figures(

@@ -21,10 +21,10 @@ from tests.support.chaos import (
     dead_letter_counts,
     publish_figures,
     report_ids,
-    running_pipeline,
     wait_for_reports,
     wait_until_settled,
 )
+from tests.support.pipeline import running_pipeline
 from tests.support.smtp import SmtpSink
 
 FULL = chaos_sizes().scale == "full"
@@ -76,7 +76,7 @@ def test_processes_killed_at_random_lose_and_duplicate_nothing(
                         ids,
                         recorder=recorder,
                         sink=smtp_sink,
-                        reports_dir=pipeline.pipeline.reports_dir,
+                        reports_dir=pipeline.reports_dir,
                         dead_lettered=sum(dead_letter_counts(broker, vhost).values()),
                     )
                     payload = publish_figures(

@@ -20,12 +20,12 @@ from tests.support.chaos import (
     publish_figures,
     queues,
     report_ids,
-    running_pipeline,
     wait_for_reports,
     wait_until_settled,
 )
-from tests.support.services import wait_until
+from tests.support.pipeline import running_pipeline
 from tests.support.smtp import SmtpSink
+from tests.support.waiting import eventually
 
 FULL = chaos_sizes().scale == "full"
 
@@ -57,14 +57,14 @@ def test_an_smtp_outage_delays_emails_but_loses_and_doubles_none(
                 started = time.monotonic()
                 publisher = RequestPublisher(amqp_url)
                 publisher.request(ids[0], period="day")
-                wait_until(lambda: smtp_sink.to(REQUESTER), 90, "a first email before the outage")
+                eventually(lambda: smtp_sink.to(REQUESTER), timeout=90, message="a first email before the outage")
                 smtp_sink.stop()
                 port = smtp_sink.port
                 # The rest is requested, exported and due to be emailed while nobody can send mail.
                 for report_id in ids[1:]:
                     publisher.request(report_id, period="day")
                 publisher.close()
-                wait_until(lambda: len(recorder.outcomes_by_report()) == len(ids), 90, "every export")
+                eventually(lambda: len(recorder.outcomes_by_report()) == len(ids), timeout=90, message="every export")
                 time.sleep(sizes.smtp_down_seconds)
                 emails_during_outage = len(smtp_sink.to(REQUESTER))
                 smtp_sink.start()
@@ -80,7 +80,7 @@ def test_an_smtp_outage_delays_emails_but_loses_and_doubles_none(
                     ids,
                     recorder=recorder,
                     sink=smtp_sink,
-                    reports_dir=pipeline.pipeline.reports_dir,
+                    reports_dir=pipeline.reports_dir,
                     dead_lettered=sum(dead_letter_counts(broker, vhost).values()),
                 )
                 payload = publish_figures(

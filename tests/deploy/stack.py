@@ -18,6 +18,7 @@ import requests
 
 from infra.rabbitmq.definitions import ADMIN, OPERATOR, VHOST, build_definitions, password_variable
 from tests.support.smtp import free_port
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "hotrepos:local"
@@ -126,14 +127,18 @@ class ComposeStack:
         """Seconds until `expected` containers are there and every one is healthy (or done, for the one-shot)."""
         started = time.monotonic()
         waiting: list[str] = ["nothing listed yet"]
-        while time.monotonic() - started < timeout:
+
+        def healthy() -> bool:
             containers = self.containers()
-            waiting = self.unhealthy()
-            if len(containers) == expected and not waiting:
-                return time.monotonic() - started
-            time.sleep(1)
-        logs = self.compose("logs", "--no-color", "--tail", "30", check=False).stdout[-6000:]
-        raise AssertionError(f"not healthy after {timeout:.0f}s: {waiting}\n{logs}")
+            waiting[:] = self.unhealthy()
+            return len(containers) == expected and not waiting
+
+        def still_waiting() -> str:
+            logs = self.compose("logs", "--no-color", "--tail", "30", check=False).stdout[-6000:]
+            return f"{expected} containers healthy; waiting for {waiting}\n{logs}"
+
+        eventually(healthy, timeout=timeout, message=still_waiting, interval=1)
+        return time.monotonic() - started
 
     def container_of(self, service: str, index: int = 1) -> str:
         names = [str(c["Name"]) for c in self.containers() if c["Service"] == service]

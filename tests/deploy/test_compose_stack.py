@@ -24,7 +24,7 @@ from shared.topology import FETCHER_REQUESTED
 from tests.deploy.conftest import Figures
 from tests.deploy.stack import IMAGE, UP, ComposeStack
 from tests.support.amqp import EventListener
-from tests.support.services import wait_until
+from tests.support.waiting import eventually
 
 # The image build and the stack's start-up come first, in the first test's time.
 pytestmark = pytest.mark.timeout(1200)
@@ -50,14 +50,20 @@ def request_report(stack: ComposeStack, period: str = "week", ref_date: str | No
 
 def outcome_of(stack: ComposeStack, report_id: str, timeout: float = 240) -> dict[str, Any]:
     """The report's status once it is exported or failed, polled through the gateway."""
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status = requests.get(f"{stack.gateway}/api/reports/{report_id}", timeout=30).json()
-        if status.get("state") in ("exported", "failed"):
-            return status
-        time.sleep(0.5)
-    raise AssertionError(f"report {report_id} not done after {timeout}s: {status}")
+
+    seen: dict[str, Any] = {}
+
+    def ended() -> dict[str, Any] | None:
+        seen.update(status=requests.get(f"{stack.gateway}/api/reports/{report_id}", timeout=30).json())
+        status: dict[str, Any] = seen["status"]
+        return status if status.get("state") in ("exported", "failed") else None
+
+    return eventually(
+        ended,
+        timeout=timeout,
+        message=lambda: f"report {report_id} done; last seen: {seen.get('status')}",
+        interval=0.5,
+    )
 
 
 def download(stack: ComposeStack, status: dict[str, Any]) -> bytes:
@@ -117,7 +123,7 @@ def scale_fetchers(stack: ComposeStack, count: int) -> float:
         queues = (FETCHER_REQUESTED.queue_name, TASK_QUEUE.name)
         return all(stack.management(f"/queues/hotrepos/{q}")["consumers"] == count for q in queues)
 
-    wait_until(consuming, 60, f"{count} fetchers consuming")
+    eventually(consuming, timeout=60, message=f"{count} fetchers consuming")
     return time.monotonic() - started
 
 
@@ -175,7 +181,9 @@ def test_a_report_through_the_gateway_is_exported_downloaded_and_mailed(stack: C
     csv = download(stack, status)
     assert csv.split(b"\r\n", 1)[0].decode() == CSV_HEADER
     assert hashlib.sha256(csv).hexdigest() == status["sha256"]
-    wait_until(lambda: len(emails_to(stack, address)) == 1, 60, f"the report's email to {address} in the sink")
+    eventually(
+        lambda: len(emails_to(stack, address)) == 1, timeout=60, message=f"the report's email to {address} in the sink"
+    )
     figures.record("report through the gateway", f"{status['rows']} rows, {status['repositories']} repositories")
 
 
@@ -224,10 +232,10 @@ def test_a_fetcher_crashed_mid_report_restarts_and_the_report_ends_once(stack: C
         # A reference date of its own: no page of it in the fetchers' shared cache, each one fetched now.
         report_id, address = request_report(stack, "week", (dt.date.today() - dt.timedelta(days=10)).isoformat())
         # Every page handed to a fetcher and none fetched yet: whichever fetcher dies holds pages in flight.
-        wait_until(
+        eventually(
             lambda: stack.management(f"/queues/hotrepos/{TASK_QUEUE.name}").get("messages_unacknowledged") == 5,
-            SLOW_GITHUB_MS / 1000,
-            "the five page tasks taken by the fetchers",
+            timeout=SLOW_GITHUB_MS / 1000,
+            message="the five page tasks taken by the fetchers",
         )
         victim = stack.container_of("fetcher", 1)
         restarts = int(stack.inspect(victim, "{{.RestartCount}}"))
@@ -242,7 +250,7 @@ def test_a_fetcher_crashed_mid_report_restarts_and_the_report_ends_once(stack: C
             state = stack.inspect(victim, "{{.RestartCount}} {{.State.Running}} {{.State.Health.Status}}").split()
             return int(state[0]) > restarts and state[1:] == ["true", "healthy"]
 
-        wait_until(restarted, 120, f"{victim} restarted by its restart policy and healthy again")
+        eventually(restarted, timeout=120, message=f"{victim} restarted by its restart policy and healthy again")
         figures.record(
             "crashed fetcher (kill -9 of its main process) back healthy", f"{time.monotonic() - crashed:.1f} s"
         )
@@ -253,7 +261,9 @@ def test_a_fetcher_crashed_mid_report_restarts_and_the_report_ends_once(stack: C
         # A report requested after it, exported and mailed: anything left of the first has passed by then.
         sentinel, sentinel_address = request_report(stack, "day")
         assert outcome_of(stack, sentinel)["state"] == "exported"
-        wait_until(lambda: len(emails_to(stack, sentinel_address)) == 1, 60, "the sentinel report's email")
+        eventually(
+            lambda: len(emails_to(stack, sentinel_address)) == 1, timeout=60, message="the sentinel report's email"
+        )
         outcomes.wait_for_outcome(sentinel)
         assert len(outcomes.of("report.exported", report_id)) == 1
         assert outcomes.of("report.failed", report_id) == []

@@ -18,7 +18,7 @@ from tests.fake_github import FakeGitHub
 from tests.support.amqp import EventListener, cloud_event, publish
 from tests.support.broker import Broker
 from tests.support.pipeline import Pipeline
-from tests.support.services import wait_until
+from tests.support.waiting import eventually
 
 HOTREPOS = Path(sys.executable).parent / "hotrepos"
 CSV_HEADER = "language,full_name,stars,forks,created_at,html_url,description"
@@ -191,4 +191,6 @@ def test_tail_prints_the_events_that_match_its_pattern_from_a_queue_of_its_own(
     assert f"report.exported        report={report_id} rows=4 path=/nowhere/t.csv" in lines[0]
     assert lines[1].startswith("report.garbled") and "not a CloudEvent" in lines[1]
     # Its queue was its own and went away with it; the services' queues were not touched.
-    wait_until(lambda: set(broker.queue_names(pipeline.vhost)) == queues_before, 30, "tail's queue gone")
+    eventually(
+        lambda: set(broker.queue_names(pipeline.vhost)) == queues_before, timeout=30, message="tail's queue gone"
+    )

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.fake_github import FakeGitHub
-from tests.support.amqp import EventListener, cloud_event, publish, queue_depth
+from tests.support.amqp import SENTINEL, EventListener, QueueState, cloud_event, publish, queue_state
 from tests.support.pipeline import Pipeline
 from tests.support.services import ServiceProcess
 from tests.support.smtp import SmtpSink
+from tests.support.waiting import eventually
 
 REQUESTER = "twice@example.com"
 
@@ -29,12 +30,23 @@ def listener(pipeline: Pipeline) -> Iterator[EventListener]:
     events.close()
 
 
+def request_report(pipeline: Pipeline, report_id: str, **data: str) -> None:
+    data = {"report_id": report_id, "period": "day", **data}
+    publish(pipeline.amqp_url, "report.requested", cloud_event("report.requested", data))
+
+
 def outcome_ids(listener: EventListener, report_id: str) -> set[tuple[str, str]]:
     return {
         (e["type"], e["id"])
         for e in listener.events
         if e.get("type") in ("report.exported", "report.failed") and (e.get("data") or {}).get("report_id") == report_id
     }
+
+
+def unconsumed(amqp_url: str, queue: str) -> QueueState | None:
+    """The queue's figures once no consumer is left on it."""
+    state = queue_state(amqp_url, queue)
+    return state if state.consumers == 0 else None
 
 
 def test_a_duplicated_request_makes_one_report_one_csv_one_email(
@@ -46,29 +58,42 @@ def test_a_duplicated_request_makes_one_report_one_csv_one_email(
     publish(pipeline.amqp_url, "report.requested", cloud_event("report.requested", data))
     listener.wait_for_outcome(report_id, 90)
     module_smtp_sink.wait_for(lambda m: report_id in m.get_content(), 30)
-    time.sleep(2)  # room for a second outcome or email, should the guard fail
+    # The sentinel: a report of its own, requested after the duplicate. The fetcher's one request
+    # consumer takes it after the duplicate, which is where a second report would begin; its page
+    # fetches queue behind any the duplicate scheduled, and the fetcher's pool starts them in queue
+    # order; every later step is one consumer taking its queue in order. Once the sentinel's email
+    # is in, a second report's outcome, CSV or email would have come before it.
+    sentinel = f"sentinel-{uuid.uuid4().hex[:12]}"
+    request_report(pipeline, sentinel, notify=REQUESTER)
+    module_smtp_sink.wait_for(lambda m: sentinel in m.get_content(), 90)
     assert outcome_ids(listener, report_id) == {("report.exported", outcome_ids(listener, report_id).pop()[1])}
     assert len(list(pipeline.reports_dir.glob(f"*{report_id}.csv"))) == 1
     assert len([m for m in module_smtp_sink.messages if report_id in m.get_content()]) == 1
-    assert fake_github.stats()["requests"] == 5
+    assert fake_github.stats()["requests"] == 5 + 5  # the report's five pages, the sentinel's five
 
 
 def test_a_republished_outcome_sends_no_second_email(
     pipeline: Pipeline, listener: EventListener, module_smtp_sink: SmtpSink
 ) -> None:
     report_id = f"rep-{uuid.uuid4().hex[:12]}"
-    publish(
-        pipeline.amqp_url,
-        "report.requested",
-        cloud_event("report.requested", {"report_id": report_id, "period": "day", "notify": REQUESTER}),
-    )
+    request_report(pipeline, report_id, notify=REQUESTER)
     exported = listener.wait_for_outcome(report_id, 90)
     module_smtp_sink.wait_for(lambda m: report_id in m.get_content(), 30)
     # The same outcome republished under a new event id, as a confused publisher would.
     again = cloud_event("report.exported", exported["data"], correlationid=report_id)
     publish(pipeline.amqp_url, "report.exported", again)
-    listener.wait_for(lambda e: e["id"] == again["id"], 30)
-    time.sleep(2)
+    # The sentinel: the outcome of another report, published after it on the same queue, which the
+    # notifier's one consumer takes in order. Once the sentinel's email is in, the republished
+    # outcome has been handled, and a second email for it would have come first.
+    sentinel = f"sentinel-{uuid.uuid4().hex[:12]}"
+    path = Path(exported["data"]["path"])
+    sentinel_data = {
+        **exported["data"],
+        "report_id": sentinel,
+        "path": str(path.with_name(path.name.replace(report_id, sentinel))),
+    }
+    publish(pipeline.amqp_url, "report.exported", cloud_event("report.exported", sentinel_data))
+    module_smtp_sink.wait_for(lambda m: sentinel in m.get_content(), 30)
     assert len([m for m in module_smtp_sink.messages if report_id in m.get_content()]) == 1
 
 
@@ -78,11 +103,7 @@ def test_cancel_drops_pending_work_and_fails_the_report_once(
     fake_github.set_latency(1500)
     fake_github.add_fault("retry_after", page=5, times=None, seconds=30)
     report_id = f"cancel-{uuid.uuid4().hex[:12]}"
-    publish(
-        pipeline.amqp_url,
-        "report.requested",
-        cloud_event("report.requested", {"report_id": report_id, "period": "month"}),
-    )
+    request_report(pipeline, report_id, period="month")
     listener.wait_for(lambda e: e["type"] == "report.page.fetched" and e["data"]["report_id"] == report_id, 60)
     result = subprocess.run(
         [sys.executable, "-m", "hotrepos_cli", "cancel", report_id, "--reason", "changed my mind"],
@@ -95,7 +116,16 @@ def test_cancel_drops_pending_work_and_fails_the_report_once(
     failed = listener.wait_for_outcome(report_id, 30)
     assert failed["type"] == "report.failed"
     assert (failed["data"]["stage"], failed["data"]["reason"]) == ("cancelled", "changed my mind")
-    time.sleep(3)
+    # The sentinel: a report requested after the cancel, through the same queues. The pages of the
+    # cancelled report still in flight were started by the fetcher's pool before the sentinel's, and
+    # GitHub is as slow for each; the aggregator and the exporter then take their queues in order:
+    # once the sentinel's outcome is out, whatever those pages could have caused has come before it.
+    # The cancelled report's page 5 waits out its 30 s Retry-After, beyond this test's reach; the
+    # fault goes, so that the sentinel's page 5 does not wait too.
+    fake_github.clear_faults()
+    sentinel = f"sentinel-{uuid.uuid4().hex[:12]}"
+    request_report(pipeline, sentinel)
+    listener.wait_for_outcome(sentinel, 60)
     assert outcome_ids(listener, report_id) == {("report.failed", failed["id"])}
     assert not list(pipeline.reports_dir.glob(f"*{report_id}*"))
     fake_github.set_latency(0)
@@ -103,7 +133,7 @@ def test_cancel_drops_pending_work_and_fails_the_report_once(
 
 def test_sigterm_finishes_or_requeues_in_flight_work_and_exits_in_bound(pipeline: Pipeline, tmp_path: Path) -> None:
     """A second exporter gets a burst, then SIGTERM: every message ends exported or back in the queue."""
-    listener = EventListener(pipeline.amqp_url, "report.exported")
+    listener = EventListener(pipeline.amqp_url, ("report.exported", SENTINEL))
     env = {**pipeline.env(), "REPORTS_DIR": str(tmp_path)}
     exporters = [p for p in pipeline.processes if p.name == "exporter"]
     for process in exporters:
@@ -130,9 +160,17 @@ def test_sigterm_finishes_or_requeues_in_flight_work_and_exits_in_bound(pipeline
     pipeline.processes.remove(exporter)
     assert code == 0, exporter.output()[-2000:]
     assert time.monotonic() - started < 30
-    time.sleep(1)
+    # The sentinel, published once the exporter has exited, reaches the listener's queue behind every
+    # outcome the exporter published, each confirmed before the exporter acked its message.
+    listener.catch_up()
+    # What the exporter had taken and not acked is back in the queue once its consumer is gone from
+    # it: the broker returns those messages as it removes the consumer.
+    waiting = eventually(
+        lambda: unconsumed(pipeline.amqp_url, "exporter.report.aggregated"),
+        timeout=30,
+        message="the exporter's consumer gone from exporter.report.aggregated",
+    ).messages
     exported = {e["data"]["report_id"] for e in listener.events}
-    waiting = queue_depth(pipeline.amqp_url, "exporter.report.aggregated")
     assert len(exported & set(ids)) + waiting == len(ids)
     listener.close()
     pipeline.start("exporter")

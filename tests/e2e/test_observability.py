@@ -18,8 +18,8 @@ from tests.fake_github import FakeGitHub
 from tests.support.amqp import EventListener, cloud_event, publish
 from tests.support.broker import Broker
 from tests.support.pipeline import PIPELINE_SERVICES, Pipeline, running_pipeline
-from tests.support.services import wait_until
 from tests.support.smtp import SmtpSink
+from tests.support.waiting import eventually
 
 REQUESTER = "metrics@example.com"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -121,7 +121,7 @@ def test_a_report_moves_the_counters_of_every_service(measured_pipeline: Pipelin
         return all(deltas()[key] >= count for key, count in expected.items())
 
     # Counters move right after the work they count: wait for the last of them, then compare exactly.
-    wait_until(all_counted, 60, "every counter to move")
+    eventually(all_counted, timeout=60, message="every counter to move")
     assert deltas() == expected
 
     fetcher = scrapes.after["fetcher"]
@@ -149,7 +149,7 @@ def test_logs_prints_every_line_about_one_report_in_time_order(
     def notifier_logged() -> bool:
         return "notifier" in services_in(run_logs(measured_pipeline, report_id))
 
-    wait_until(notifier_logged, 30, "the notifier's lines about the report")
+    eventually(notifier_logged, timeout=30, message="the notifier's lines about the report")
     records = run_logs(measured_pipeline, report_id)
     assert services_in(records) >= set(PIPELINE_SERVICES)
     assert all(report_id in (r.get("report_id"), r.get("correlation_id")) for r in records)

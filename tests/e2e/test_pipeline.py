@@ -17,6 +17,7 @@ from tests.fake_github import FakeGitHub
 from tests.support.amqp import EventListener, cloud_event, dead_letters, publish
 from tests.support.pipeline import ADMIN, Pipeline
 from tests.support.smtp import SmtpSink
+from tests.support.waiting import eventually
 
 REQUESTER = "reader@example.com"
 HEADER = ["language", "full_name", "stars", "forks", "created_at", "html_url", "description"]
@@ -185,13 +186,9 @@ def test_a_poison_message_is_dead_lettered_alerted_and_the_service_goes_on(
             p for p, body in dead_letters(pipeline.amqp_url, "fetcher.report.requested.dlq") if marker.encode() in body
         ]
 
-    import time
-
-    deadline = time.monotonic() + 30
-    while not poison_in_dlq() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    letters = poison_in_dlq()
-    assert letters, "the poison message did not reach fetcher.report.requested.dlq"
+    letters = eventually(
+        poison_in_dlq, timeout=30, message="the poison message in fetcher.report.requested.dlq", interval=0.2
+    )
     assert letters[0].headers["x-hotrepos-reason"].startswith("body is not JSON")
     alert = module_smtp_sink.wait_for(
         lambda m: ADMIN in str(m["To"]) and "message.dead_lettered" in str(m["Subject"]) and marker in m.get_content(),

@@ -16,8 +16,8 @@ from tests.fake_github import FakeGitHub
 from tests.support.amqp import EventListener, cloud_event, publish
 from tests.support.broker import Broker
 from tests.support.broker_users import service_users
-from tests.support.services import wait_until
 from tests.support.smtp import SmtpSink
+from tests.support.waiting import eventually
 
 SCALE = {"fetcher": 3, "aggregator": 2}
 REQUESTS = [
@@ -81,7 +81,9 @@ def test_scaled_stack_makes_each_report_once(
                 ("exporter.report.aggregated", 1),
                 ("notifier.report.exported", 1),
             ):
-                wait_until(lambda q=queue, c=count: consumers_on(q, c), 90, f"{count} consumers on {queue}")
+                eventually(
+                    lambda q=queue, c=count: consumers_on(q, c), timeout=90, message=f"{count} consumers on {queue}"
+                )
 
             tag = uuid.uuid4().hex[:8]
             reports = {}

@@ -14,8 +14,8 @@ from tests.support.amqp import cloud_event, publish
 from tests.support.broker import Broker
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.pipeline import PIPELINE_SERVICES, Pipeline, running_pipeline
-from tests.support.services import wait_until
 from tests.support.smtp import SmtpSink
+from tests.support.waiting import eventually
 
 REQUESTER = "traced@example.com"
 
@@ -75,7 +75,7 @@ def wait_for_trace(collector: OtlpReceiver, report_id: str, external_parent: str
             s.service == "notifier" and s.name == "consume notifier.report.exported" for s in spans
         )
 
-    wait_until(arrived, 60, f"every span of {report_id} up to the notifier's")
+    eventually(arrived, timeout=60, message=f"every span of {report_id} up to the notifier's")
     return spans_of_report(collector, report_id)
 
 

@@ -52,7 +52,8 @@ from shared.topology import (
 from tests.support.amqp import EventListener, cloud_event, dead_letters, publish
 from tests.support.broker import Broker
 from tests.support.broker_users import ServiceUsers, service_users
-from tests.support.services import ServiceProcess, wait_until
+from tests.support.services import ServiceProcess
+from tests.support.waiting import eventually
 
 CONSUMERS = tuple(service for service in principals() if subscriptions_with_control(service))
 EVENT_TYPES_ON_EVENTS = (
@@ -294,7 +295,7 @@ def test_a_refused_publish_in_a_service_is_an_error_an_alert_and_a_dead_letter(
             except Exception:
                 return False
 
-        wait_until(consuming, 60, "the aggregator consuming")
+        eventually(consuming, timeout=60, message="the aggregator consuming")
         report_id = f"refused-{uuid.uuid4().hex[:8]}"
         page = sample("report.page.fetched", report_id).model_dump(mode="json")
         publish(broker.amqp_url(vhost), "report.page.fetched", cloud_event("report.page.fetched", page))
@@ -309,7 +310,7 @@ def test_a_refused_publish_in_a_service_is_an_error_an_alert_and_a_dead_letter(
         def dead_lettered() -> list[tuple[object, bytes]]:
             return dead_letters(broker.amqp_url(vhost), "aggregator.report.page.fetched.dlq")
 
-        wait_until(lambda: len(dead_lettered()) == 1, 30, "the page in the dead-letter queue")
+        eventually(lambda: len(dead_lettered()) == 1, timeout=30, message="the page in the dead-letter queue")
         properties, body = dead_lettered()[0]
         assert json.loads(body)["data"]["report_id"] == report_id
         assert "ACCESS_REFUSED" in properties.headers["x-hotrepos-reason"]  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from shared.topology import AGGREGATOR_PAGE_FETCHED, REASON_HEADER, every_subscr
 from tests.support.amqp import cloud_event, publish
 from tests.support.amqp_wire import ClientStream, RecordingAmqpProxy
 from tests.support.broker import Broker
-from tests.support.services import wait_until
+from tests.support.waiting import eventually
 
 REPORT_ID = "closes-its-connections"
 
@@ -44,7 +44,9 @@ def finish(proxy: RecordingAmqpProxy, command: subprocess.Popen[str]) -> tuple[l
     _, err = command.communicate(timeout=90)
     streams = proxy.take_streams()
     assert streams, f"the command opened no connection: {err}"
-    wait_until(lambda: all(s.ended.is_set() for s in streams), 30, "every connection of the command ended")
+    eventually(
+        lambda: all(s.ended.is_set() for s in streams), timeout=30, message="every connection of the command ended"
+    )
     return streams, err
 
 

@@ -11,9 +11,10 @@ import pytest
 import requests
 
 from tests.support.broker import Broker
-from tests.support.services import ServiceProcess, wait_until
+from tests.support.services import ServiceProcess
 from tests.support.smtp import free_port
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import eventually
 
 
 class Probe:
@@ -41,7 +42,7 @@ class Probe:
             seen["last"] = checks
             return (status == 200) is ready
 
-        wait_until(matches, 60, f"/readyz {'ready' if ready else 'unready'}")
+        eventually(matches, timeout=60, message=f"/readyz {'ready' if ready else 'unready'}")
         return seen["last"]
 
 

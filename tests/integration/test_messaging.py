@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +23,7 @@ from shared.publisher import Publisher
 from shared.settings import CommonSettings
 from shared.topology import REASON_HEADER, on_event
 from tests.support.amqp import EventListener, cloud_event, dead_letters, publish
+from tests.support.waiting import eventually
 
 SUBSCRIPTION = on_event("probe", "report.requested")
 
@@ -78,14 +78,13 @@ def run_probe(amqp_url: str, redis_url: str) -> Iterator[Callable[..., Running]]
         running.stop()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+def wait_for_dead_letters(amqp_url: str, timeout: float = 20) -> list[tuple[Any, bytes]]:
+    return eventually(
+        lambda: dead_letters(amqp_url, SUBSCRIPTION.dlq_name),
+        timeout=timeout,
+        message=f"a dead letter in {SUBSCRIPTION.dlq_name}",
+        interval=0.05,
+    )
 
 
 def request(report_id: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -116,7 +115,7 @@ def test_malformed_messages_are_dead_lettered_with_their_reason(
     handled: list[Any] = []
     run_probe(lambda data, meta: handled.append(data))
     publish(amqp_url, "report.requested", body, content_type=content_type, message_id="poison-1")
-    letters = wait_for(lambda: dead_letters(amqp_url, SUBSCRIPTION.dlq_name))
+    letters = wait_for_dead_letters(amqp_url)
     properties, dead_body = letters[0]
     assert dead_body == body
     assert reason in properties.headers[REASON_HEADER]
@@ -133,24 +132,32 @@ def test_schema_violation_fails_the_report_and_is_dead_lettered(
     failed = listener.wait_for(lambda e: e["data"]["report_id"] == "bad-period", 20)
     assert failed["data"]["stage"] == "request"
     assert "period" in failed["data"]["reason"]
-    letters = wait_for(lambda: dead_letters(amqp_url, SUBSCRIPTION.dlq_name))
+    letters = wait_for_dead_letters(amqp_url)
     assert "fails its schema" in letters[0][0].headers[REASON_HEADER]
     listener.close()
 
 
 def test_retry_later_comes_back_through_the_delay_queue(amqp_url: str, run_probe: Callable[..., Running]) -> None:
-    attempts: list[int] = []
+    event, sentinel = request(), request()
+    handled: list[str] = []  # the id of each event the handler is called with, in order
 
     def flaky(data: ReportRequested, meta: EventMeta) -> None:
-        attempts.append(1)
-        if len(attempts) < 3:
+        handled.append(meta.id)
+        if meta.id == event["id"] and handled.count(meta.id) < 3:
             raise RetryLater("SMTP is down", delay=0.1)
+        if meta.id == sentinel["id"] and handled.count(meta.id) < 2:
+            raise RetryLater("the sentinel goes the way of a retry", delay=0.1)
 
     run_probe(flaky)
-    publish(amqp_url, "report.requested", request())
-    wait_for(lambda: len(attempts) >= 3)
-    time.sleep(0.5)
-    assert len(attempts) == 3
+    publish(amqp_url, "report.requested", event)
+    eventually(lambda: handled.count(event["id"]) >= 3, timeout=20, message="a third attempt", interval=0.05)
+    # A fourth attempt would come back through the delay queue, or straight back into the queue. The
+    # sentinel, published after the third, is consumed after it and goes once through the same delay
+    # queue, which lets messages out in the order they went in: once it is back, a fourth attempt or
+    # a dead letter of the event would have come before it.
+    publish(amqp_url, "report.requested", sentinel)
+    eventually(lambda: handled.count(sentinel["id"]) >= 2, timeout=20, message="the sentinel back", interval=0.05)
+    assert handled.count(event["id"]) == 3
     assert dead_letters(amqp_url, SUBSCRIPTION.dlq_name) == []
 
 
@@ -165,7 +172,7 @@ def test_a_handler_that_keeps_crashing_is_dead_lettered_by_the_delivery_limit(
 
     run_probe(crash)
     publish(amqp_url, "report.requested", request())
-    letters = wait_for(lambda: dead_letters(amqp_url, SUBSCRIPTION.dlq_name), 30)
+    letters = wait_for_dead_letters(amqp_url, timeout=30)
     death = letters[0][0].headers["x-death"][0]
     assert death["reason"] == "delivery_limit"
     assert len(attempts) == 6  # the first delivery plus DELIVERY_LIMIT redeliveries
@@ -177,10 +184,11 @@ def test_a_redelivered_event_is_acked_without_its_effect(amqp_url: str, run_prob
     event = request()
     publish(amqp_url, "report.requested", event)
     publish(amqp_url, "report.requested", event)
+    # The sentinel: the queue's one consumer takes it after the redelivered copy, so once it is
+    # handled, the copy has been dealt with too.
     second = request()
     publish(amqp_url, "report.requested", second)
-    wait_for(lambda: second["id"] in handled)
-    time.sleep(0.3)
+    eventually(lambda: second["id"] in handled, timeout=20, message="the second event handled", interval=0.05)
     assert handled == [event["id"], second["id"]]
 
 

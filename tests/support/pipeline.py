@@ -1,19 +1,19 @@
-"""The whole pipeline as processes on one vhost, for end-to-end tests."""
+"""The whole pipeline as processes on one vhost, for the end-to-end and chaos tiers."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import requests
 
 from tests.support.broker import Broker
-from tests.support.services import ServiceProcess, wait_until
+from tests.support.services import ServiceProcess
 from tests.support.smtp import free_port
+from tests.support.waiting import eventually
 
 PIPELINE_SERVICES = ("fetcher", "aggregator", "exporter", "notifier")
 QUEUES_OF = {
@@ -23,6 +23,8 @@ QUEUES_OF = {
     "notifier": ("notifier.report.exported", "notifier.report.failed", "notifier.alerts"),
 }
 ADMIN = "admin@example.com"
+# Log directories of the pipelines started in this session, oldest first: a failed chaos test keeps its own.
+PIPELINE_LOG_DIRS: list[Path] = []
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class Pipeline:
     root: Path
     today: dt.date
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Each service as this many competing processes, named `<service>-<n>` when there are several.
+    replicas: int = 1
     processes: list[ServiceProcess] = field(default_factory=list)
     # Opt-in: each process started gets a METRICS_PORT of its own, recorded here by process name.
     with_metrics: bool = False
@@ -104,12 +108,14 @@ class Pipeline:
         self.processes.append(process)
         return process
 
-    def start_all(self, timeout: float = 60) -> None:
-        for name in PIPELINE_SERVICES:
-            self.start(name)
-        for name in PIPELINE_SERVICES:
-            for queue in QUEUES_OF[name]:
-                self.wait_for_consumer(queue, timeout)
+    def start_all(self, timeout: float = 120) -> None:
+        """Every replica of every service, until each consumes every queue of its service."""
+        for service in PIPELINE_SERVICES:
+            for index in range(1, self.replicas + 1):
+                self.start(service if self.replicas == 1 else f"{service}-{index}")
+        for service in PIPELINE_SERVICES:
+            for queue in QUEUES_OF[service]:
+                self.wait_for_consumer(queue, timeout, count=self.replicas)
 
     def start_gateway(
         self,
@@ -131,26 +137,31 @@ class Pipeline:
                 raise AssertionError(f"{name} exited:\n{process.output()[-4000:]}")
             return gateway.ready() if wait_ready else gateway.alive()
 
-        wait_until(answering, timeout, f"{name} answering on {gateway.url}")
+        eventually(answering, timeout=timeout, message=f"{name} answering on {gateway.url}")
         return gateway
 
-    def wait_for_consumer(self, queue: str, timeout: float = 60) -> None:
+    def wait_for_consumer(self, queue: str, timeout: float = 60, count: int = 1) -> None:
         def consuming() -> bool:
             self.assert_alive()
             try:
-                return int(self.broker.queue(self.vhost, queue).get("consumers", 0)) > 0
+                return int(self.broker.queue(self.vhost, queue).get("consumers", 0)) >= count
             except Exception:
                 return False
 
-        wait_until(consuming, timeout, f"a consumer on {queue}")
+        eventually(
+            consuming,
+            timeout=timeout,
+            message=lambda: f"{count} consumer(s) on {queue}\n{self.logs()}",
+            interval=0.2,
+        )
+
+    def dead(self) -> list[str]:
+        """The processes that have exited."""
+        return [p.name for p in self.processes if p.process is not None and p.process.poll() is not None]
 
     def assert_alive(self) -> None:
         for process in self.processes:
-            if (
-                process.process is not None
-                and process.process.poll() is not None
-                and not getattr(process, "stopped_on_purpose", False)
-            ):
+            if process.process is not None and process.process.poll() is not None:
                 raise AssertionError(f"{process.name} exited:\n{process.output()[-4000:]}")
 
     def stop_all(self) -> None:
@@ -170,22 +181,34 @@ def running_pipeline(
     root: Path,
     today: dt.date,
     vhost_prefix: str = "hotrepos-e2e",
-    **options: Any,
+    *,
+    vhost: str | None = None,
+    replicas: int = 1,
+    extra_env: Mapping[str, str] | None = None,
+    with_metrics: bool = False,
+    timeout: float = 120,
 ) -> Iterator[Pipeline]:
-    """The four pipeline services as processes on a throwaway vhost, stopped and deleted afterwards."""
-    with broker.vhost(vhost_prefix) as name:
+    """The four pipeline services as processes, `replicas` of each, stopped afterwards.
+
+    On the caller's `vhost` when given (one whose queues a test binds before the services start, or
+    a broker of the test's own); otherwise on a throwaway vhost, deleted afterwards.
+    """
+    with ExitStack() as stack:
         running = Pipeline(
             broker=broker,
-            vhost=name,
+            vhost=vhost if vhost is not None else stack.enter_context(broker.vhost(vhost_prefix)),
             redis_url=redis_url,
             github_url=github_url,
             smtp_port=smtp_port,
             root=root,
             today=today,
-            **options,
+            extra_env=dict(extra_env or {}),
+            replicas=replicas,
+            with_metrics=with_metrics,
         )
+        PIPELINE_LOG_DIRS.append(running.log_dir)
         try:
-            running.start_all()
+            running.start_all(timeout)
             yield running
         finally:
             running.stop_all()

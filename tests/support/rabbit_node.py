@@ -22,6 +22,7 @@ import requests
 
 from tests.support.broker import Broker
 from tests.support.smtp import free_port
+from tests.support.waiting import eventually
 
 USER = PASSWORD = "guest"
 
@@ -134,16 +135,18 @@ class RabbitNode:
                 [_script("rabbitmq-server")], env=self.env(), cwd=self.root, stdout=out, stderr=subprocess.STDOUT
             )
         self.starts += 1
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
         waited = self.ctl("wait", str(self.pid_file), "--timeout", str(int(timeout)), timeout=timeout + 10)
         if waited.returncode != 0:
             self.stop()
             raise RuntimeError(f"RabbitMQ node {self.nodename} did not start: {waited.stderr}{self.tail()}")
-        while time.monotonic() < deadline:
-            if self._management_answers():
-                return self
-            time.sleep(0.2)
-        raise RuntimeError(f"management API of {self.nodename} did not answer{self.tail()}")
+        eventually(
+            self._management_answers,
+            timeout=max(0.0, timeout - (time.monotonic() - started)),
+            message=lambda: f"the management API of {self.nodename} answering{self.tail()}",
+            interval=0.2,
+        )
+        return self
 
     def _management_answers(self) -> bool:
         try:

@@ -6,12 +6,13 @@ import email
 import email.policy
 import socket
 import threading
-import time
 from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from tests.support.waiting import eventually
 
 
 def free_port() -> int:
@@ -58,13 +59,16 @@ class SmtpSink:
     def wait_for(
         self, predicate: Callable[[EmailMessage], bool], timeout: float = 60, count: int = 1
     ) -> list[EmailMessage]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """The emails received that match, once there are at least `count` of them."""
+
+        def matching() -> list[EmailMessage]:
             with self.lock:
                 found = [m for m in self.messages if predicate(m)]
-            if len(found) >= count:
-                return found
-            time.sleep(0.1)
-        with self.lock:
-            subjects = [str(m["Subject"]) for m in self.messages]
-        raise AssertionError(f"no email matched within {timeout}s; received subjects: {subjects}")
+            return found if len(found) >= count else []
+
+        def received() -> str:
+            with self.lock:
+                subjects = [str(m["Subject"]) for m in self.messages]
+            return f"{count} matching email(s); received subjects: {subjects}"
+
+        return eventually(matching, timeout=timeout, message=received)
