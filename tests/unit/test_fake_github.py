@@ -15,6 +15,7 @@ import requests
 
 from tests.fake_github import FakeGitHub
 from tests.fake_github.dataset import PROBE_DESCRIPTIONS, generate_repositories
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -413,12 +414,14 @@ def test_timeout_fault_outlasts_a_client_read_timeout(gh: FakeGitHub, http: requ
     with pytest.raises(requests.ReadTimeout):
         search(http, gh, page=2, timeout=0.1)
     assert search(http, gh, page=2).status_code == 200
+
     # The fake still answers the abandoned request once its sleep ends: wait until that answer is
     # counted, or it would land in the next test's counters.
-    deadline = time.monotonic() + 5
-    while sum(gh.stats()["by_status"].values()) < gh.stats()["requests"] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert sum(gh.stats()["by_status"].values()) == gh.stats()["requests"] == 2
+    def every_request_answered() -> dict[str, Any] | None:
+        stats = gh.stats()
+        return stats if sum(stats["by_status"].values()) == stats["requests"] else None
+
+    assert eventually(every_request_answered, timeout=5, message="the abandoned request's answer")["requests"] == 2
 
 
 def test_truncated_fault_cuts_the_body_in_half(gh: FakeGitHub, http: requests.Session) -> None:
