@@ -35,6 +35,8 @@ from shared.pipeline import DELIVERY_LIMIT
 from shared.topology import (
     ALERTS,
     CONTROL,
+    DELAY,
+    DELAYED,
     DLX,
     EVENTS,
     EXCHANGES,
@@ -42,6 +44,7 @@ from shared.topology import (
     REASON_HEADER,
     SUBSCRIPTIONS,
     Subscription,
+    delayed_binding_key,
     every_subscription,
     exchange_of,
 )
@@ -216,8 +219,17 @@ def _queue_channel(subscription: Subscription, queue: Queue, role: str, descript
     }
 
 
+def retries_of(subscription: Subscription) -> str:
+    return (
+        f"A message whose dependency is down is published to `{DELAY.name}` with a routing key that spells "
+        f"its delay in binary, one word per delay level, then `{subscription.queue_name}`; the broker's "
+        f"delay levels (`celery_delayed_<n>`, quorum queues holding 2^n seconds each) bring it out on "
+        f"`{DELAYED.name}`, where this queue alone is bound with `{delayed_binding_key(subscription.queue_name)}`."
+    )
+
+
 def _channels_of(subscription: Subscription) -> dict[str, dict[str, Any]]:
-    """A subscription's work queue, with the dead-letter and retry queues that come with it."""
+    """A subscription's work queue, with the dead-letter queue that comes with it."""
     exchange, key = subscription.exchange.name, subscription.binding_key
     bound = f"bound to `{exchange}`" + (f" with binding key `{key}`" if key else "")
     dead_letters = (
@@ -238,7 +250,7 @@ def _channels_of(subscription: Subscription) -> dict[str, dict[str, Any]]:
             if subscription.exclusive
             else (
                 f"Durable quorum queue {bound}; replicas of the {subscription.service} compete for its "
-                f"messages. {dead_letters}"
+                f"messages. {dead_letters} {retries_of(subscription)}"
             ),
         ),
         subscription.dlq_name: _queue_channel(
@@ -249,14 +261,6 @@ def _channels_of(subscription: Subscription) -> dict[str, dict[str, Any]]:
             "(a dead letter need not be a valid event).",
         ),
     }
-    if not subscription.exclusive:
-        channels[subscription.retry_name] = _queue_channel(
-            subscription,
-            subscription.retry_queue(),
-            "delayed retries",
-            "A message whose dependency is down waits here for its per-message TTL; then the broker "
-            f"dead-letters it back to `{subscription.queue_name}` alone.",
-        )
     return channels
 
 
@@ -450,15 +454,11 @@ def _plumbing() -> list[str]:
     """Dead letters and delayed retries, drawn once for a queue that stands for every work queue."""
     sample = next(s for s in SUBSCRIPTIONS if not s.exclusive)
     dead_letters = {e for e, _ in queue_bindings(sample.dead_letter_queue())}
-    retry_queue = sample.retry_queue()
-    retries = {e for e, _ in queue_bindings(retry_queue)} or {""}
-    back = str((getattr(retry_queue, "queue_arguments", None) or {}).get("x-dead-letter-exchange", ""))
     lines = ['    any_queue[("each work queue Q")]']
-    if "" in retries | {back}:
-        lines.append('    x_default{{"default exchange"}}')
     for exchange in sorted(dead_letters):
         lines.append(f'    any_queue -. "rejected / poison" .-> {_node("x_", exchange)} --> dead_letters[("Q.dlq")]')
-    for exchange in sorted(retries):
-        lines.append(f'    any_queue -. "retry later" .-> {_node("x_", exchange)} --> retries[("Q.retry")]')
-    lines.append(f'    retries -. "after its delay" .-> {_node("x_", back)} --> any_queue')
+    lines.append(
+        f'    any_queue -. "retry later" .-> {_node("x_", DELAY.name)}{{{{"{DELAY.name}<br/>delay levels 27..0"}}}}'
+        f' -. "after its delay" .-> {_node("x_", DELAYED.name)}{{{{"{DELAYED.name}<br/>topic"}}}} --> any_queue'
+    )
     return lines

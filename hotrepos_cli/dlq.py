@@ -16,12 +16,13 @@ from shared.amqp import connect
 from shared.publisher import Publisher
 from shared.settings import CommonSettings, load_settings
 from shared.topology import (
+    DELAYED,
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
     REASON_HEADER,
-    REDELIVER,
     RETRIES_HEADER,
     SUBSCRIPTIONS,
+    redelivery_routing_key,
 )
 
 # The fetcher's Celery tasks have a dead-letter queue of their own, for the pages it gave up on.
@@ -132,7 +133,7 @@ def _replay(args: argparse.Namespace, connection: Connection, publisher: Publish
             exchange, routing_key = origin(message)
             if queue in WORK_QUEUE_OF_DLQ:
                 # Back to the one queue it died in, not to every subscriber of its event again.
-                exchange, routing_key = REDELIVER.name, WORK_QUEUE_OF_DLQ[queue]
+                exchange, routing_key = DELAYED.name, redelivery_routing_key(WORK_QUEUE_OF_DLQ[queue])
             headers = {
                 k: v
                 for k, v in (message.headers or {}).items()

@@ -18,13 +18,14 @@ from shared.events import CONTENT_TYPE
 from shared.pipeline import Ack, DeadLetter, DeliveryPipeline, Requeue, RetryAfter, Verdict
 from shared.publisher import Publisher
 from shared.topology import (
+    DELAY,
     DLX,
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
     REASON_HEADER,
     RETRIES_HEADER,
-    RETRY,
     Subscription,
+    delayed_routing_key,
 )
 
 log = structlog.get_logger("hotrepos.consumer")
@@ -93,9 +94,9 @@ class QueueConsumer:
         self._republish(message, DLX, {REASON_HEADER: reason[:1000]}, default_type="application/octet-stream")
 
     def _retry_later(self, message: Message, verdict: RetryAfter) -> None:
-        # The message waits in the queue's .retry queue for its TTL; the broker then dead-letters it
-        # back to this queue alone, through hotrepos.redeliver.
-        self._republish(message, RETRY, {RETRIES_HEADER: verdict.retries}, expiration=verdict.delay)
+        # Through the broker's delay levels, back to this queue alone once the delay has passed.
+        key = delayed_routing_key(verdict.delay, self.subscription.queue_name)
+        self._republish(message, DELAY, {RETRIES_HEADER: verdict.retries}, routing_key=key)
 
     def _republish(
         self,
@@ -103,7 +104,7 @@ class QueueConsumer:
         exchange: Exchange,
         headers: dict[str, Any],
         *,
-        expiration: float | None = None,
+        routing_key: str | None = None,
         default_type: str = CONTENT_TYPE,
     ) -> None:
         """The message as it came, keyed by this queue's name and with where it was first published, then acked."""
@@ -114,11 +115,10 @@ class QueueConsumer:
         self._publisher.publish_raw(
             _raw_body(message),
             exchange=exchange,
-            routing_key=self.subscription.queue_name,
+            routing_key=routing_key or self.subscription.queue_name,
             message_id=message.properties.get("message_id"),
             headers={**original, **headers},
             content_type=message.content_type or default_type,
-            expiration=expiration,
         )
         message.ack()
 

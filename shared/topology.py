@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from kombu.entity import Exchange, Queue, binding
+from kombu.transport.native_delayed_delivery import (
+    CELERY_DELAYED_DELIVERY_EXCHANGE,
+    MAX_LEVEL,
+    MAX_NUMBER_OF_BITS_TO_USE,
+    calculate_routing_key,
+    level_name,
+)
 
 from shared.pipeline import DELIVERY_LIMIT
 
 EVENTS = Exchange("hotrepos.events", type="topic", durable=True)
 ALERTS = Exchange("hotrepos.alerts", type="fanout", durable=True)
 CONTROL = Exchange("hotrepos.control", type="fanout", durable=True)
-# Topic, not direct, for the three below: routing keys are queue names, and the broker's topic
-# permissions then stop one service's user from writing into another service's queues.
+# Topic, not direct: routing keys are queue names, and the broker's topic permissions then stop one
+# service's user from writing into another service's queues.
 DLX = Exchange("hotrepos.dlx", type="topic", durable=True)
-RETRY = Exchange("hotrepos.retry", type="topic", durable=True)
-REDELIVER = Exchange("hotrepos.redeliver", type="topic", durable=True)
-EXCHANGES = (EVENTS, ALERTS, CONTROL, DLX, RETRY, REDELIVER)
+EXCHANGES = (EVENTS, ALERTS, CONTROL, DLX)
+
+# Delayed retries go through the broker's delay levels as kombu declares them for Celery's native
+# delayed delivery: 28 quorum queues, celery_delayed_<n>, each holding messages 2^n seconds, chained by
+# dead-lettering. A message's routing key spells its delay in binary, one word a level, then the name
+# of the queue it returns to. Every level holds one delay only, so no message waits behind a longer
+# one, and the levels are replicated like every other queue. The fetcher's Celery tasks use them too.
+DELAY = Exchange(level_name(MAX_LEVEL), type="topic", durable=True)
+DELAYED = Exchange(CELERY_DELAYED_DELIVERY_EXCHANGE, type="topic", durable=True)
+DELAY_LEVELS = MAX_NUMBER_OF_BITS_TO_USE
 
 REASON_HEADER = "x-hotrepos-reason"
 ORIGINAL_EXCHANGE_HEADER = "x-hotrepos-original-exchange"
@@ -26,7 +41,7 @@ RETRIES_HEADER = "x-hotrepos-retries"
 
 @dataclass(frozen=True)
 class Subscription:
-    """One service's durable quorum queue on one exchange, with its dead-letter and retry queues."""
+    """One service's durable quorum queue on one exchange, with its dead-letter queue."""
 
     service: str
     name: str
@@ -42,10 +57,6 @@ class Subscription:
     @property
     def dlq_name(self) -> str:
         return f"{self.queue_name}.dlq"
-
-    @property
-    def retry_name(self) -> str:
-        return f"{self.queue_name}.retry"
 
     def queue(self) -> Queue:
         if self.exclusive:
@@ -65,8 +76,8 @@ class Subscription:
             self.queue_name,
             bindings=[
                 binding(self.exchange, routing_key=self.binding_key),
-                # Where its delayed retries come back from, through the broker's dead-lettering.
-                binding(REDELIVER, routing_key=self.queue_name),
+                # Where its delayed retries come back to it, and to it alone.
+                binding(DELAYED, routing_key=delayed_binding_key(self.queue_name)),
             ],
             durable=True,
             queue_arguments={
@@ -86,26 +97,11 @@ class Subscription:
             queue_arguments={"x-queue-type": "quorum"},
         )
 
-    def retry_queue(self) -> Queue:
-        # A message waits here for its per-message TTL, then the broker dead-letters it back to this
-        # subscription's queue alone, not to every queue bound to the event's routing key.
-        return Queue(
-            self.retry_name,
-            exchange=RETRY,
-            routing_key=self.queue_name,
-            durable=True,
-            queue_arguments={
-                "x-queue-type": "classic",
-                "x-dead-letter-exchange": REDELIVER.name,
-                "x-dead-letter-routing-key": self.queue_name,
-            },
-        )
-
     def all_queues(self) -> list[Queue]:
         """The queues declared at start; an exclusive queue is declared by its consumer instead."""
         if self.exclusive:
             return [self.dead_letter_queue()]
-        return [self.queue(), self.dead_letter_queue(), self.retry_queue()]
+        return [self.queue(), self.dead_letter_queue()]
 
 
 def on_event(service: str, event_type: str) -> Subscription:
@@ -168,3 +164,23 @@ _EXCHANGE_OF_EVENT = {"alert.raised": ALERTS, "report.cancel.requested": CONTROL
 def exchange_of(event_type: str) -> Exchange:
     """The exchange an event type is published on."""
     return _EXCHANGE_OF_EVENT.get(event_type, EVENTS)
+
+
+def whole_delay(delay_seconds: float) -> int:
+    """The delay levels count whole seconds, one at least: a delay rounds up, never down."""
+    return max(1, math.ceil(delay_seconds))
+
+
+def delayed_routing_key(delay_seconds: float, queue_name: str) -> str:
+    """The routing key that brings a message back to one queue after at least delay_seconds."""
+    return calculate_routing_key(whole_delay(delay_seconds), queue_name)
+
+
+def redelivery_routing_key(queue_name: str) -> str:
+    """A routing key for the delay's way out that returns a message to one queue at once (a replay)."""
+    return "0." * DELAY_LEVELS + queue_name
+
+
+def delayed_binding_key(queue_name: str) -> str:
+    """One word a delay level, then exactly this queue's name: no other queue matches."""
+    return "*." * DELAY_LEVELS + queue_name

@@ -27,16 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from kombu.entity import Queue, binding
+from kombu.transport.native_delayed_delivery import level_name
 
 from services.fetcher.topology import TASK_DEAD_LETTER_QUEUE, TASK_EXCHANGE, TASK_QUEUE
 from shared.topology import (
     ALERTS,
+    DELAY,
+    DELAY_LEVELS,
+    DELAYED,
     DLX,
     EVENTS,
     EXCHANGES,
     PUBLISHES,
-    REDELIVER,
-    RETRY,
     SUBSCRIPTIONS,
     every_subscription,
     exchange_of,
@@ -53,15 +55,44 @@ DEFINITIONS_FILE = Path(__file__).with_name("definitions.json")
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 # How RabbitMQ names the nameless default exchange in permission checks.
 DEFAULT_EXCHANGE = "amq.default"
-# Server-named queues (`queue_declare("")`): a replica's exclusive queue on hotrepos.control.
-SERVER_NAMED_QUEUES = r"amq\.gen-.*"
-# `hotrepos tail PATTERN` binds its own queue with whatever pattern it is given.
-ANY_ROUTING_KEY = ".*"
 NOTHING = "^$"
+
+
+class Regex(str):
+    """A name or routing key given as a pattern: kept as it is where plain names are escaped."""
+
+
+# Server-named queues (`queue_declare("")`): a replica's exclusive queue on hotrepos.control.
+SERVER_NAMED_QUEUES = Regex(r"amq\.gen-.*")
+# `hotrepos tail PATTERN` binds its own queue with whatever pattern it is given.
+ANY_ROUTING_KEY = Regex(".*")
+# The broker's delay levels and their way out (shared/topology.py), declared by every consumer.
+DELAY_NAMES = Regex(r"celery_delayed_(?:[0-9]|1[0-9]|2[0-7]|delivery)")
+DELAY_EXCHANGES = (*(level_name(level) for level in range(DELAY_LEVELS)), DELAYED.name)
+# The keys the levels are bound to each other with: a level's bit of the delay, then anything.
+LEVEL_BINDING_KEYS = Regex(r"(?:\*\.)*[01]\.#")
+
+
+def delayed_keys(queue_name: str) -> Regex:
+    """The routing keys of a delayed retry back to this queue: any delay, this queue alone."""
+    return Regex(rf"(?:[01]\.){{{DELAY_LEVELS}}}{re.escape(queue_name)}")
+
+
+def delayed_binding(queue_name: str) -> Regex:
+    return Regex(rf"(?:\*\.){{{DELAY_LEVELS}}}{re.escape(queue_name)}")
+
+
+def replay_keys(queue_name: str) -> Regex:
+    return Regex(rf"(?:0\.){{{DELAY_LEVELS}}}{re.escape(queue_name)}")
+
 
 # What a service declares and uses outside the shared contract: the fetcher's own Celery plumbing.
 PRIVATE_QUEUES: dict[str, tuple[Queue, ...]] = {"fetcher": (TASK_QUEUE, TASK_DEAD_LETTER_QUEUE)}
 PRIVATE_PUBLISHES: dict[str, tuple[str, ...]] = {"fetcher": (TASK_EXCHANGE.name,)}
+# Queues whose delayed retries Celery sends (its countdowns) and binds back with a key of its own.
+PRIVATE_DELAYED: dict[str, tuple[tuple[str, str], ...]] = {
+    "fetcher": ((TASK_QUEUE.name, f"#.{TASK_QUEUE.routing_key}"),)
+}
 
 
 @dataclass
@@ -121,10 +152,11 @@ def grant_for(service: str) -> Grant:
     grant.topic_writes.setdefault(EVENTS.name, set()).update(grant.publishes)
     for subscription in subscriptions:
         if not subscription.exclusive:
-            # Its own dead letters and delayed retries, keyed by its own queue's name.
+            # Its own dead letters, keyed by its own queue's name, and its own delayed retries.
             grant.topic_writes.setdefault(DLX.name, set()).add(subscription.queue_name)
-            grant.topic_writes.setdefault(RETRY.name, set()).add(subscription.queue_name)
-            grant.write.add(RETRY.name)
+            _grant_delays(grant, subscription.queue_name)
+    for queue_name, binding_key in PRIVATE_DELAYED.get(service, ()):
+        _grant_delays(grant, queue_name, binding_key)
     published = {exchange_of(t).name for t in PUBLISHES[service]} | {ALERTS.name}
     published |= set(PRIVATE_PUBLISHES.get(service, ()))
     grant.write |= published
@@ -135,13 +167,25 @@ def grant_for(service: str) -> Grant:
     return grant
 
 
+def _grant_delays(grant: Grant, queue_name: str, binding_key: str | None = None) -> None:
+    """Declare the delay levels, send a retry into the top one, and get it back to this queue alone."""
+    grant.configure.add(DELAY_NAMES)
+    grant.write.add(DELAY_NAMES)
+    grant.read.add(DELAY_NAMES)
+    for level in DELAY_EXCHANGES[:-1]:
+        grant.topic_reads.setdefault(level, set()).add(LEVEL_BINDING_KEYS)
+    grant.topic_writes.setdefault(DELAY.name, set()).add(delayed_keys(queue_name))
+    binding_keys = grant.topic_reads.setdefault(DELAYED.name, set())
+    binding_keys.add(delayed_binding(queue_name) if binding_key is None else Regex(re.escape(binding_key)))
+
+
 def operator_grant() -> Grant:
     """What the command line does on the broker (hotrepos_cli/), and nothing else.
 
     request and cancel publish (declaring the exchange first, as every publisher does); request --wait
     and tail follow events on an exclusive server-named queue of their own, bound with any pattern;
     dlq reads every dead-letter queue and replays a message where the dlq command sends it: a work
-    queue's dead letter through hotrepos.redeliver to that one queue, any other to where it was first
+    queue's dead letter through the delay levels' way out to that one queue, any other to where it was first
     published (a page task to the fetcher's task exchange, a control command to hotrepos.control).
     """
     grant = Grant(OPERATOR)
@@ -163,9 +207,14 @@ def operator_grant() -> Grant:
     dead_letter_queues = sorted({s.dlq_name for s in every_subscription()} | {TASK_DEAD_LETTER_QUEUE.name})
     grant.read |= set(dead_letter_queues)
     grant.consumes.append("every `*.dlq`")
-    grant.write |= {REDELIVER.name, TASK_EXCHANGE.name}
-    grant.topic_writes.setdefault(REDELIVER.name, set()).update(s.queue_name for s in SUBSCRIPTIONS)
+    grant.write |= {DELAYED.name, TASK_EXCHANGE.name}
+    grant.topic_writes.setdefault(DELAYED.name, set()).update(replay_keys(s.queue_name) for s in SUBSCRIPTIONS)
     return grant
+
+
+def topic_exchanges() -> list[str]:
+    """Every topic exchange of the contract and the delay levels: each gets a topic permission entry."""
+    return [*(e.name for e in EXCHANGES if e.type == "topic"), *DELAY_EXCHANGES]
 
 
 def _contract_exchanges() -> set[str]:
@@ -196,7 +245,7 @@ def _grant_queue(grant: Grant, queue: Queue) -> None:
 
 def name_pattern(names: Iterable[str]) -> str:
     """An anchored regex matching exactly these names (a name already a regex is kept as it is)."""
-    parts = sorted(n if n in (SERVER_NAMED_QUEUES, ANY_ROUTING_KEY) else re.escape(n) for n in names)
+    parts = sorted(n if isinstance(n, Regex) else re.escape(n) for n in names)
     return f"^(?:{'|'.join(parts)})$" if parts else NOTHING
 
 
@@ -229,12 +278,11 @@ def build_definitions(
             {
                 "user": user,
                 "vhost": vhost,
-                "exchange": exchange.name,
-                "write": name_pattern(grant.topic_writes.get(exchange.name, ())),
-                "read": name_pattern(grant.topic_reads.get(exchange.name, ())),
+                "exchange": exchange,
+                "write": name_pattern(grant.topic_writes.get(exchange, ())),
+                "read": name_pattern(grant.topic_reads.get(exchange, ())),
             }
-            for exchange in EXCHANGES
-            if exchange.type == "topic"
+            for exchange in topic_exchanges()
         )
     exchanges = [
         {
@@ -297,7 +345,9 @@ def users_table() -> str:
         # A queue and an exchange may share a name (the fetcher's Celery plumbing): list both.
         private = set(PRIVATE_PUBLISHES.get(user, ()))
         exchanges = sorted((grant.write - grant.queues - {EVENTS.name}) | private)
-        others = ", ".join(f"`{name}`" for name in exchanges)
+        others = ", ".join(
+            "`celery_delayed_*` (the delay levels)" if name == DELAY_NAMES else f"`{name}`" for name in exchanges
+        )
         lines.append(f"| `{user}` | {consumes} | {publishes} | {others} |")
     return "\n".join(lines) + "\n"
 

@@ -22,6 +22,7 @@ from services.fetcher.worker import (
     create_celery_app,
     register_fetch_page_task,
 )
+from shared.amqp import declare_when_reachable
 from shared.bootstrap import Service, bootstrap
 from shared.events import utc_today
 from shared.pipeline import Route
@@ -82,12 +83,16 @@ def run_worker(service: Service, settings: FetcherSettings) -> None:
         FETCHER_REQUESTED: {"report.requested": Route(request, fails_report_as="request", stops_when_cancelled=True)}
     }
     queues = service.queue_consumers(routes)
-    with service.connection.clone() as connection:
-        TASK_DEAD_LETTER_QUEUE(connection.default_channel).declare()
+    # Declared here first, so that a queue left classic by an older release stops the start with what
+    # to do, instead of a Celery error.
+    declare_when_reachable(service.connection, (), extra=(TASK_QUEUE, TASK_DEAD_LETTER_QUEUE))
     app.steps["consumer"].add(consumer_step(queues))
     try:
-        app.worker_main(
+        # app.start, not worker_main, which drops the worker's exit code: a worker that stops on an
+        # unrecoverable error must exit non-zero, so that every restart policy restarts it.
+        exit_code = app.start(
             [
+                "celery",
                 "worker",
                 "--pool=threads",
                 f"--concurrency={settings.fetcher_concurrency}",
@@ -100,6 +105,8 @@ def run_worker(service: Service, settings: FetcherSettings) -> None:
         )
     finally:
         service.close()
+    if exit_code:
+        raise SystemExit(exit_code)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from shared.events import derived_event_id
 from shared.pipeline import Ack, DeadLetter, DeliveryPipeline, Requeue, RetryAfter
 from shared.publisher import CONFIRM_TIMEOUT_SECONDS, build_event, encode_event
 from shared.settings import CommonSettings
+from shared.topology import whole_delay
 
 FETCH_PAGE_TASK = "hotrepos.fetcher.fetch_page"
 EVENT_PREFETCH = 16
@@ -54,7 +55,12 @@ def create_celery_app(settings: CommonSettings) -> Celery:
         worker_enable_remote_control=False,
         worker_send_task_events=False,
         worker_hijack_root_logger=False,
-        worker_detect_quorum_queues=False,
+        # A quorum queue has no global QoS: Celery must know, and sends countdowns through the broker's
+        # delay levels (quorum too) instead of holding them in the worker.
+        worker_detect_quorum_queues=True,
+        broker_native_delayed_delivery_queue_type="quorum",
+        # A page still running when the connection drops is redelivered: stop it rather than run it twice.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
         broker_heartbeat=30,
         broker_transport_options={"confirm_publish": True},
@@ -128,12 +134,13 @@ def register_fetch_page_task(app: Celery, pipeline: DeliveryPipeline) -> None:
         if isinstance(verdict, Ack):
             return
         if isinstance(verdict, RetryAfter):
-            raise self.retry(countdown=verdict.delay, confirm_timeout=CONFIRM_TIMEOUT_SECONDS)
+            # Whole seconds: Celery refuses a countdown the delay levels round down to nothing.
+            raise self.retry(countdown=whole_delay(verdict.delay), confirm_timeout=CONFIRM_TIMEOUT_SECONDS)
         if isinstance(verdict, Requeue):
             raise self.retry(
                 args=[message],
                 kwargs={"crashes": crashes + 1},
-                countdown=CRASH_RETRY_SECONDS,
+                countdown=whole_delay(CRASH_RETRY_SECONDS),
                 confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
             )
         if isinstance(verdict, DeadLetter):

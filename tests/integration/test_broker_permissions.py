@@ -15,6 +15,7 @@ import pika
 import pika.exceptions
 import pytest
 import requests
+from kombu.transport.native_delayed_delivery import level_name
 
 from infra.rabbitmq.definitions import OPERATOR, principals
 from services.fetcher.topology import TASK_DEAD_LETTER_QUEUE, TASK_EXCHANGE, TASK_QUEUE
@@ -37,16 +38,18 @@ from shared.topology import (
     AGGREGATOR_PAGE_FETCHED,
     ALERTS,
     CONTROL,
+    DELAY,
+    DELAYED,
     DLX,
     EVENTS,
     FETCHER_REQUESTED,
     PUBLISHES,
     REASON_HEADER,
-    REDELIVER,
-    RETRY,
     SUBSCRIPTIONS,
     control_of,
+    delayed_routing_key,
     exchange_of,
+    redelivery_routing_key,
     subscriptions_with_control,
 )
 from tests.support.amqp import EventListener, cloud_event, dead_letters, publish
@@ -152,7 +155,9 @@ def test_every_service_can_declare_publish_and_consume_what_it_needs(users: Serv
             for subscription in (s for s in SUBSCRIPTIONS if s.service == service):
                 # What the consumer wrapper does with a poison message, and with one to retry later.
                 publisher.publish_raw(b"{}", exchange=DLX, routing_key=subscription.queue_name)
-                publisher.publish_raw(b"{}", exchange=RETRY, routing_key=subscription.queue_name, expiration=3600)
+                publisher.publish_raw(
+                    b"{}", exchange=DELAY, routing_key=delayed_routing_key(3600, subscription.queue_name)
+                )
             if service == "fetcher":
                 publisher.publish_raw(b"{}", exchange=TASK_EXCHANGE, routing_key=TASK_QUEUE.routing_key)
         finally:
@@ -263,11 +268,17 @@ def test_no_side_door_into_another_services_queue(users: ServiceUsers) -> None:
     declare_as_services(users)
     fetcher = users.amqp_url("fetcher")
     assert refusal(fetcher, "publish", "", "notifier.report.exported") is not None
-    for side_door in ("hotrepos.retry", "hotrepos.redeliver", "hotrepos.dlx"):
-        assert refusal(fetcher, "publish", side_door, "notifier.report.exported") is not None, side_door
+    side_doors = [
+        (DELAY.name, delayed_routing_key(1, "notifier.report.exported")),
+        (DELAYED.name, redelivery_routing_key("notifier.report.exported")),
+        (level_name(3), delayed_routing_key(1, "notifier.report.exported")),
+        (DLX.name, "notifier.report.exported"),
+    ]
+    for side_door, key in side_doors:
+        assert refusal(fetcher, "publish", side_door, key) is not None, side_door
     # Its own retries and dead letters still go through.
-    assert refusal(fetcher, "publish", "hotrepos.retry", "fetcher.report.requested") is None
-    assert refusal(fetcher, "publish", "hotrepos.dlx", "fetcher.report.requested") is None
+    assert refusal(fetcher, "publish", DELAY.name, delayed_routing_key(1, "fetcher.report.requested")) is None
+    assert refusal(fetcher, "publish", DLX.name, "fetcher.report.requested") is None
 
 
 def test_a_refused_publish_in_a_service_is_an_error_an_alert_and_a_dead_letter(
@@ -417,8 +428,9 @@ def test_the_operator_is_refused_everything_else(broker: Broker, users: ServiceU
         ("publish", (ALERTS.name, "")),
         ("publish", ("", FETCHER_REQUESTED.queue_name)),
         ("publish", (DLX.name, FETCHER_REQUESTED.queue_name)),
-        ("publish", (RETRY.name, FETCHER_REQUESTED.queue_name)),
-        ("publish", (REDELIVER.name, TASK_QUEUE.name)),
+        ("publish", (DELAY.name, delayed_routing_key(1, FETCHER_REQUESTED.queue_name))),
+        ("publish", (DELAYED.name, redelivery_routing_key(TASK_QUEUE.name))),
+        ("get", (level_name(0),)),
         ("declare", ("operator.own",)),
         ("get", (TASK_QUEUE.name,)),
         ("delete", (TASK_DEAD_LETTER_QUEUE.name,)),
@@ -427,7 +439,6 @@ def test_the_operator_is_refused_everything_else(broker: Broker, users: ServiceU
         attempts += [
             ("get", (subscription.queue_name,)),
             ("consume", (subscription.queue_name,)),
-            ("get", (subscription.retry_name,)),
             ("delete", (subscription.dlq_name,)),
             ("bind", (subscription.queue_name, EVENTS.name, "report.#")),
             ("bind", (subscription.dlq_name, EVENTS.name, "report.#")),

@@ -12,7 +12,7 @@ import pika
 
 from shared.amqp import connect, declare_topology
 from shared.settings import CommonSettings
-from shared.topology import FETCHER_REQUESTED, REASON_HEADER
+from shared.topology import DELAYED, FETCHER_REQUESTED, REASON_HEADER, redelivery_routing_key
 from tests.support.amqp import cloud_event, publish, queue_depth
 from tests.support.broker import Broker
 
@@ -73,8 +73,9 @@ def test_list_show_replay_purge(amqp_url: str, broker: Broker, vhost: str) -> No
     channel = connection.channel()
     method, properties, body = channel.basic_get("fetcher.report.requested", auto_ack=True)
     assert method is not None and json.loads(body)["id"] == good["id"]
-    # Through hotrepos.redeliver: back to the queue it died in alone, not to every subscriber again.
-    assert (method.exchange, method.routing_key) == ("hotrepos.redeliver", "fetcher.report.requested")
+    # Through the delay levels' way out, with no delay: back to the queue it died in alone, not to
+    # every subscriber of its event again.
+    assert (method.exchange, method.routing_key) == (DELAYED.name, redelivery_routing_key("fetcher.report.requested"))
     assert REASON_HEADER not in (properties.headers or {})
     connection.close()
 

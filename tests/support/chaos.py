@@ -27,6 +27,7 @@ from urllib.parse import quote
 import pika
 import pika.exceptions
 
+from shared.topology import DELAY
 from tests.support.amqp import CLOUDEVENTS, cloud_event
 from tests.support.broker import Broker
 from tests.support.pipeline import ADMIN, Pipeline
@@ -314,6 +315,12 @@ def admin_failed_emails(sink: SmtpSink, report_id: str) -> list[EmailMessage]:
 def queues(broker: Broker, vhost: str) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = broker.api("GET", f"/queues/{quote(vhost, safe='')}").json()
     return listed
+
+
+def delayed_retries(broker: Broker, vhost: str) -> int:
+    """Messages sent into the broker's delay levels on this vhost: each one a retry later."""
+    entry = broker.api("GET", f"/exchanges/{quote(vhost, safe='')}/{DELAY.name}").json()
+    return int((entry.get("message_stats") or {}).get("publish_in", 0))
 
 
 def dead_letter_counts(broker: Broker, vhost: str) -> dict[str, int]:
