@@ -92,7 +92,6 @@ def run_worker(service: Service, settings: FetcherSettings) -> None:
         # unrecoverable error must exit non-zero, so that every restart policy restarts it.
         exit_code = app.start(
             [
-                "celery",
                 "worker",
                 "--pool=threads",
                 f"--concurrency={settings.fetcher_concurrency}",

@@ -41,7 +41,15 @@ def create_celery_app(settings: CommonSettings) -> Celery:
         task_create_missing_queues=False,
         # Named explicitly: left to itself Celery publishes to the default exchange, which a
         # least-privilege broker user may not write to (it reaches every queue by name).
-        task_routes={FETCH_PAGE_TASK: {"exchange": TASK_EXCHANGE.name, "routing_key": TASK_QUEUE.routing_key}},
+        # The exchange's type too: a retry's countdown goes through the broker's delay levels only when
+        # Celery knows it is not a direct exchange.
+        task_routes={
+            FETCH_PAGE_TASK: {
+                "exchange": TASK_EXCHANGE.name,
+                "exchange_type": TASK_EXCHANGE.type,
+                "routing_key": TASK_QUEUE.routing_key,
+            }
+        },
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -128,21 +136,25 @@ class TaskDelivery:
 def register_fetch_page_task(app: Celery, pipeline: DeliveryPipeline) -> None:
     """The task runs its message through the pipeline and carries the verdict out the Celery way."""
 
+    def retry_later(task: Any, delay: float, **options: Any) -> None:
+        try:
+            # Whole seconds: Celery refuses a countdown the delay levels would round down to nothing.
+            task.retry(countdown=whole_delay(delay), confirm_timeout=CONFIRM_TIMEOUT_SECONDS, **options)
+        except Reject as exc:
+            # Celery rejects a task whose retry it could not send: the broker failed, not the page, so
+            # the task goes back to its queue instead of into the dead letters, where its report would
+            # wait for ever.
+            raise Reject(exc.reason, requeue=True) from exc
+
     @app.task(name=FETCH_PAGE_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
     def fetch_page_task(self: Any, message: str, crashes: int = 0) -> None:
         verdict = pipeline.process(TaskDelivery(message, self.request.retries, crashes))
         if isinstance(verdict, Ack):
             return
         if isinstance(verdict, RetryAfter):
-            # Whole seconds: Celery refuses a countdown the delay levels round down to nothing.
-            raise self.retry(countdown=whole_delay(verdict.delay), confirm_timeout=CONFIRM_TIMEOUT_SECONDS)
+            retry_later(self, verdict.delay)
         if isinstance(verdict, Requeue):
-            raise self.retry(
-                args=[message],
-                kwargs={"crashes": crashes + 1},
-                countdown=whole_delay(CRASH_RETRY_SECONDS),
-                confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
-            )
+            retry_later(self, CRASH_RETRY_SECONDS, args=[message], kwargs={"crashes": crashes + 1})
         if isinstance(verdict, DeadLetter):
             # The broker dead-letters the task into fetcher.tasks.dlq; the pipeline logged the reason.
             raise Reject(verdict.reason, requeue=False)
