@@ -41,6 +41,7 @@ class FetcherSettings(CommonSettings):
     github_read_timeout_seconds: float = Field(default=30.0, gt=0)
     report_schedule: str = "day=0 0 * * *"
     schedule_notify: EmailStr | None = None
+    beat_lock_seconds: int = Field(default=25, ge=5, le=600, description="how soon a standby beat takes over")
     today: dt.date | None = Field(default=None, description="Pin 'today' (demos and tests only)")
 
 
@@ -120,7 +121,7 @@ def main() -> None:
     if role == "beat":
         service = bootstrap("fetcher-beat", settings)
         try:
-            run_beat(create_celery_app(settings), service.publisher, settings.report_schedule, settings.schedule_notify)
+            run_beat(create_celery_app(settings), service.publisher, settings)
         finally:
             service.close()
         return
