@@ -1,10 +1,16 @@
-"""The admin-email handler of old: ERROR records become alerts on hotrepos.alerts, throttled."""
+"""The admin-email handler of old: ERROR records become alerts on hotrepos.alerts, throttled.
+
+Alerts raised while the broker is unreachable wait in a bounded spool and go out when it is back,
+in order; past the bound the oldest are dropped, counted in hotrepos_alerts_dropped_total, and the
+first alert after the outage says how many.
+"""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import logging
-import queue
 import sys
 import threading
 import time
@@ -18,6 +24,10 @@ from shared.publisher import Publisher
 
 _publishing = threading.local()
 
+SPOOL_LIMIT = 1000
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0
+
 
 class AlertHandler(logging.Handler):
     """Publishes ERROR and worse as alerts; identical errors give one alert per interval."""
@@ -29,6 +39,7 @@ class AlertHandler(logging.Handler):
         *,
         interval_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        spool_limit: int = SPOOL_LIMIT,
     ) -> None:
         super().__init__(level=logging.ERROR)
         self.service = service
@@ -39,7 +50,11 @@ class AlertHandler(logging.Handler):
         self._last_sent: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._outbox: queue.Queue[AlertRaised | None] = queue.Queue(maxsize=1000)
+        self._spool: collections.deque[AlertRaised] = collections.deque()
+        self._spool_limit = spool_limit
+        self._dropped = 0  # since the last alert that went out
+        self._sending = 0  # taken from the spool, not yet published
+        self._ready = threading.Condition()
         self._sender = threading.Thread(target=self._send_forever, name="alert-sender", daemon=True)
         self._sender.start()
 
@@ -60,11 +75,17 @@ class AlertHandler(logging.Handler):
                 return
             self._last_sent[alert.fingerprint] = now
             suppressed = self._suppressed.pop(alert.fingerprint, 0)
-        alert = alert.model_copy(update={"suppressed": suppressed})
-        try:
-            self._outbox.put_nowait(alert)
-        except queue.Full:
-            print(f"hotrepos: alert outbox full, dropped: {alert.message}", file=sys.stderr)
+        self._spool_alert(alert.model_copy(update={"suppressed": suppressed}))
+
+    def _spool_alert(self, alert: AlertRaised) -> None:
+        with self._ready:
+            if len(self._spool) >= self._spool_limit:
+                dropped = self._spool.popleft()  # the oldest: the newest say more about now
+                self._dropped += 1
+                metrics.ALERTS_DROPPED.inc()
+                print(f"hotrepos: alert spool full, dropped: {dropped.message}", file=sys.stderr)
+            self._spool.append(alert)
+            self._ready.notify()
 
     def _to_alert(self, record: logging.LogRecord) -> AlertRaised:
         event: dict[str, Any] = record.msg if isinstance(record.msg, dict) else {}
@@ -98,23 +119,55 @@ class AlertHandler(logging.Handler):
         )
 
     def _send_forever(self) -> None:
+        delay = RETRY_FIRST_SECONDS
         while True:
-            alert = self._outbox.get()
-            if alert is None:
-                return
-            _publishing.active = True
+            with self._ready:
+                while not self._spool:
+                    self._ready.wait()
+                alert, dropped = self._spool.popleft(), self._dropped
+                self._dropped, self._sending = 0, 1
             try:
-                if self._publisher is None:
-                    self._publisher = self._publisher_factory()
-                self._publisher.publish(alert, correlationid=alert.report_id)
+                self._publish(alert, dropped)
             except Exception as exc:
-                print(f"hotrepos: could not publish alert: {exc}: {alert.message}", file=sys.stderr)
-            finally:
-                _publishing.active = False
-                self._outbox.task_done()
+                # Kept, first in line, and tried again: the broker is away, and the admins need this
+                # alert most now.
+                print(f"hotrepos: could not publish an alert, retrying in {delay:g}s: {exc}", file=sys.stderr)
+                self._drop_publisher()
+                with self._ready:
+                    self._spool.appendleft(alert)
+                    self._dropped += dropped
+                    self._sending = 0
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            delay = RETRY_FIRST_SECONDS
+            with self._ready:
+                self._sending = 0
+
+    def _drop_publisher(self) -> None:
+        """A new connection next time: this one's broker went away."""
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            with contextlib.suppress(Exception):
+                publisher.close()
+
+    def _publish(self, alert: AlertRaised, dropped: int) -> None:
+        if dropped:
+            note = f" [{dropped} earlier alerts were dropped while the broker was unreachable]"
+            alert = alert.model_copy(update={"message": (alert.message + note)[-4000:]})
+        _publishing.active = True
+        try:
+            if self._publisher is None:
+                self._publisher = self._publisher_factory()
+            self._publisher.publish(alert, correlationid=alert.report_id)
+        finally:
+            _publishing.active = False
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Wait until queued alerts are published (used at shutdown)."""
+        """Wait until spooled alerts are published (used at shutdown)."""
         deadline = time.monotonic() + timeout
-        while self._outbox.unfinished_tasks and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            with self._ready:
+                if not self._spool and not self._sending:
+                    return
             time.sleep(0.02)

@@ -28,6 +28,9 @@ REPORT_SECONDS = Histogram(
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600),
 )
 ERRORS_LOGGED = Counter("hotrepos_errors_logged_total", "ERROR and CRITICAL log records", ["level"])
+ALERTS_DROPPED = Counter(
+    "hotrepos_alerts_dropped_total", "Alerts dropped, the oldest first, while the broker stayed unreachable"
+)
 
 # The events that end a report, and the outcome each one stands for.
 REPORT_OUTCOMES = {"report.exported": "exported", "report.failed": "failed"}

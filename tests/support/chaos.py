@@ -185,10 +185,17 @@ class OutcomeRecorder:
     are counted by distinct event id.
     """
 
-    def __init__(self, amqp_url: str | Sequence[str], queue: str | None = None, binding_key: str = "report.#") -> None:
+    def __init__(
+        self,
+        amqp_url: str | Sequence[str],
+        queue: str | None = None,
+        binding_key: str = "report.#",
+        exchange: tuple[str, str] = ("hotrepos.events", "topic"),
+    ) -> None:
         self.amqp_url = amqp_url
         self.queue = queue or f"chaos.recorder.{uuid.uuid4().hex[:8]}"
         self.binding_key = binding_key
+        self.exchange = exchange
         self.events: list[dict[str, Any]] = []
         self.deliveries = 0
         self.reconnects = 0
@@ -205,10 +212,11 @@ class OutcomeRecorder:
         connection = pika.BlockingConnection(self._parameters())
         try:
             channel = connection.channel()
-            channel.exchange_declare("hotrepos.events", "topic", durable=True)
+            name, kind = self.exchange
+            channel.exchange_declare(name, kind, durable=True)
             # Quorum, so that it outlives the loss of a cluster node too.
             channel.queue_declare(self.queue, durable=True, arguments={"x-queue-type": "quorum"})
-            channel.queue_bind(self.queue, "hotrepos.events", self.binding_key)
+            channel.queue_bind(self.queue, name, self.binding_key)
         finally:
             connection.close()
 
