@@ -112,6 +112,10 @@ class ReportAggregated(EventData):
     spec: ReportSpec
     total: int = Field(ge=0)
     languages: list[LanguageGroup] = Field(description="In report order")
+    incomplete_pages: list[int] = Field(
+        default_factory=list,
+        description="Pages GitHub still answered with incomplete results after every retry: the report may be partial",
+    )
 
 
 class LanguageCount(EventData):
@@ -130,6 +134,10 @@ class ReportExported(EventData):
     spec: ReportSpec
     repositories: int = Field(ge=0)
     top_languages: list[LanguageCount] = Field(max_length=10)
+    incomplete_pages: list[int] = Field(
+        default_factory=list,
+        description="Pages GitHub still answered with incomplete results after every retry: the report may be partial",
+    )
 
 
 class ReportFailed(EventData):

@@ -72,6 +72,7 @@ class ReportStatus(BaseModel):
     path: str | None = None
     failed_stage: str | None = None
     failure_reason: str | None = None
+    incomplete_pages: tuple[int, ...] = ()
     progress: tuple[ProgressStep, ...] = ()
 
     @property
@@ -85,13 +86,18 @@ class ReportStatus(BaseModel):
         return len(self.fetched_pages)
 
     @property
+    def pages_in_part(self) -> str:
+        return ", ".join(map(str, self.incomplete_pages))
+
+    @property
     def last_seq(self) -> int:
         return self.progress[-1].seq if self.progress else 0
 
     def describe(self) -> str:
         """One line on where the report stands, as a person reads it."""
         if self.state == "exported":
-            return f"exported: {self.rows} rows, {self.repositories} repositories"
+            partial = f" (partial: GitHub answered pages {self.pages_in_part} in part)" if self.incomplete_pages else ""
+            return f"exported: {self.rows} rows, {self.repositories} repositories{partial}"
         if self.state == "failed":
             return f"failed at {self.failed_stage}: {self.failure_reason}"
         if self.state == "aggregated":
@@ -127,6 +133,7 @@ def fold_report_aggregated(status: ReportStatus, data: ReportAggregated, meta: E
     changes["languages"] = tuple(
         LanguageCount(language=group.language, count=len(group.repositories)) for group in data.languages
     )
+    changes["incomplete_pages"] = tuple(data.incomplete_pages)
     return changes, "aggregated"
 
 
@@ -139,6 +146,7 @@ def fold_report_exported(status: ReportStatus, data: ReportExported, meta: Event
         file_name=PurePath(data.path).name,
         path=data.path,
         layout=data.layout,
+        incomplete_pages=tuple(data.incomplete_pages),
     )
     if not status.languages:
         changes["languages"] = tuple(data.top_languages)

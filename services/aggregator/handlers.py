@@ -9,7 +9,7 @@ from shared.handling import EventMeta, Outgoing
 
 
 def handle_report_page_fetched(event: ReportPageFetched, meta: EventMeta, *, pages: PageStore) -> list[Outgoing]:
-    arrival = pages.add_page(event.report_id, event.page, event.pages, event.items)
+    arrival = pages.add_page(event.report_id, event.page, event.pages, event.items, incomplete=event.incomplete_results)
     if arrival.complete_pages is None:
         return []
     # A duplicate page after completion republishes the same event (same id): downstream dedupes it,
@@ -21,5 +21,6 @@ def handle_report_page_fetched(event: ReportPageFetched, meta: EventMeta, *, pag
         spec=event.spec,
         total=len(repositories),
         languages=group_by_language(repositories),
+        incomplete_pages=list(arrival.incomplete_pages),
     )
     return [Outgoing(aggregated, event_id=derived_event_id(event.report_id, "aggregated"))]

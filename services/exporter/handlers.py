@@ -37,5 +37,6 @@ def handle_report_aggregated(
         spec=event.spec,
         repositories=event.total,
         top_languages=[LanguageCount(language=g.language, count=len(g.repositories)) for g in by_size[:TOP_LANGUAGES]],
+        incomplete_pages=event.incomplete_pages,
     )
     return [exported]

@@ -22,7 +22,11 @@ def progress_event(step: ProgressStep, status: ReportStatus) -> bytes:
         view = view_of(status)
         if status.state == "exported":
             payload.update(
-                download_url=view.download_url, rows=status.rows, sha256=status.sha256, repositories=status.repositories
+                download_url=view.download_url,
+                rows=status.rows,
+                sha256=status.sha256,
+                repositories=status.repositories,
+                incomplete_pages=list(status.incomplete_pages),
             )
         else:
             payload.update(stage=status.failed_stage, reason=status.failure_reason)

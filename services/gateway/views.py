@@ -68,6 +68,8 @@ class ReportStatusView(BaseModel):
     rows: int | None
     sha256: str | None
     download_url: str | None
+    partial: bool = Field(description="GitHub answered some pages only in part, even after retries")
+    incomplete_pages: list[int] = Field(description="Those pages")
     failure: Failure | None
     status_url: str
     events_url: str
@@ -113,6 +115,8 @@ def view_of(status: ReportStatus) -> ReportStatusView:
         rows=status.rows,
         sha256=status.sha256,
         download_url=f"{url}/download" if exported else None,
+        partial=bool(status.incomplete_pages),
+        incomplete_pages=list(status.incomplete_pages),
         failure=Failure(stage=status.failed_stage or "?", reason=status.failure_reason or "")
         if status.state == "failed"
         else None,

@@ -65,6 +65,7 @@ def handle_report_exported(event: ReportExported, meta: EventMeta, *, mailer: Ma
         repositories=event.repositories,
         top_languages=event.top_languages,
         file=PurePath(event.path).name,
+        incomplete_pages=event.incomplete_pages,
     )
     language = resolve_locale(meta.locale).language
     key = f"{event.report_id}:ready:{event.spec.notify}"

@@ -25,8 +25,13 @@ TEXTS: dict[str, dict[str, str]] = {
             "Repositories: {count}\n"
             "Created on or after: {since}\n"
             "Top languages:\n{languages}\n\n"
+            "{partial}"
             "File: {file}\n"
             "Report: {report_id}\n"
+        ),
+        "partial": (
+            "Partial: GitHub answered pages {pages} only in part, "
+            "even after retries: some repositories may be missing.\n\n"
         ),
         "failed_subject": "Your hotrepos report could not be produced",
         "failed_body": (
@@ -48,8 +53,13 @@ TEXTS: dict[str, dict[str, str]] = {
             "Dépôts : {count}\n"
             "Créés à partir du : {since}\n"
             "Langages principaux :\n{languages}\n\n"
+            "{partial}"
             "Fichier : {file}\n"
             "Rapport : {report_id}\n"
+        ),
+        "partial": (
+            "Partiel : GitHub n'a répondu qu'en partie pour les pages {pages}, "
+            "même après nouvelles tentatives : des dépôts peuvent manquer.\n\n"
         ),
         "failed_subject": "Votre rapport hotrepos n'a pas pu être produit",
         "failed_body": (
@@ -71,8 +81,13 @@ TEXTS: dict[str, dict[str, str]] = {
             "Repositorys: {count}\n"
             "Erstellt ab: {since}\n"
             "Wichtigste Sprachen:\n{languages}\n\n"
+            "{partial}"
             "Datei: {file}\n"
             "Bericht: {report_id}\n"
+        ),
+        "partial": (
+            "Unvollständig: GitHub hat die Seiten {pages} auch nach Wiederholungen "
+            "nur teilweise geliefert: es können Repositorys fehlen.\n\n"
         ),
         "failed_subject": "Ihr hotrepos-Bericht konnte nicht erstellt werden",
         "failed_body": (
@@ -94,8 +109,13 @@ TEXTS: dict[str, dict[str, str]] = {
             "Repositorios: {count}\n"
             "Creados desde el: {since}\n"
             "Lenguajes principales:\n{languages}\n\n"
+            "{partial}"
             "Archivo: {file}\n"
             "Informe: {report_id}\n"
+        ),
+        "partial": (
+            "Parcial: GitHub respondió solo en parte para las páginas {pages}, "
+            "incluso tras reintentos: pueden faltar repositorios.\n\n"
         ),
         "failed_subject": "No se pudo generar tu informe de hotrepos",
         "failed_body": (
@@ -143,6 +163,7 @@ def ready_email(
     repositories: int,
     top_languages: list[LanguageCount],
     file: str,
+    incomplete_pages: list[int] | None = None,
 ) -> Email:
     locale = resolve_locale(locale_tag)
     texts = _texts(locale)
@@ -156,6 +177,7 @@ def ready_email(
         or "  -",
         "file": file,
         "report_id": report_id,
+        "partial": texts["partial"].format(pages=", ".join(map(str, incomplete_pages))) if incomplete_pages else "",
     }
     return Email(texts["ready_subject"].format(**values), texts["ready_body"].format(**values))
 

@@ -209,6 +209,12 @@ def test_github_fault_ends_in_a_retried_export_or_a_told_failure(
         assert case.reason in requester_emails(sink, report_id, REQUESTER)[0].get_content()
     if case.check.startswith("page 1 is passed on flagged incomplete"):
         assert payload["pages_flagged_incomplete"] == [1], payload
+        # The report is said to be partial, on the wire and in the requester's email.
+        assert outcome["data"]["incomplete_pages"] == [1], outcome
+        assert (
+            "Partial: GitHub answered pages 1 only in part"
+            in requester_emails(sink, report_id, REQUESTER)[0].get_content()
+        )
     if case.check.startswith("page 1 rows have no language"):
         [path] = pipeline.reports_dir.glob(f"*-{report_id}.csv")
         with path.open(encoding="utf-8", newline="") as handle:

@@ -179,6 +179,28 @@ def test_an_exported_report_reads_as_such_and_its_csv_downloads(gateway: Gateway
     assert download.headers["content-type"].startswith("text/csv")
 
 
+def test_a_partial_report_reads_as_partial(gateway: Gateway) -> None:
+    fold_lifecycle(gateway, "r-p")
+    exported = ReportExported(
+        report_id="r-p",
+        path="/elsewhere/hot.csv",
+        rows=0,
+        sha256="a" * 64,
+        layout="rows",
+        spec=SPEC,
+        repositories=0,
+        top_languages=[],
+        incomplete_pages=[4],
+    )
+    gateway.statuses.statuses.pop("r-p")
+    for event in (ReportRequested(report_id="r-p", period="day"), exported):
+        gateway.statuses.apply(event, meta_of(event))
+    status = gateway.client.get("/api/reports/r-p").json()
+    assert (status["state"], status["partial"], status["incomplete_pages"]) == ("exported", True, [4])
+    stream = gateway.client.get("/api/reports/r-p/events").text
+    assert '"incomplete_pages": [4]' in stream
+
+
 def test_unknown_and_impossible_ids_are_404s(gateway: Gateway) -> None:
     for path in ("/api/reports/nope", "/api/reports/..%2F..", "/api/reports/nope/download", "/api/reports/nope/events"):
         assert gateway.client.get(path).status_code == 404, path

@@ -36,6 +36,15 @@ def test_the_requester_hears_of_the_report_in_their_language_once() -> None:
     [email] = mailer.sent
     assert email.to == ["reader@example.com"] and email.kind == "ready" and email.language == "fr"
     assert "1\u00a0234" in email.message.body and "hot-week-2026-11-15-r-1.csv" in email.message.body
+    assert "Partiel" not in email.message.body
+
+
+def test_a_partial_report_s_email_says_which_pages_github_served_in_part() -> None:
+    mailer = RecordingMailer()
+    event = exported().model_copy(update={"incomplete_pages": [2, 5]})
+    handle_report_exported(event, meta_of(event, locale="de"), mailer=mailer, sent=InMemorySentEmails())
+    [email] = mailer.sent
+    assert "Unvollständig: GitHub hat die Seiten 2, 5" in email.message.body
 
 
 def test_a_report_nobody_asked_to_hear_of_sends_nothing() -> None:

@@ -45,12 +45,21 @@ class Pages:
 
     def __init__(self) -> None:
         self.pages: dict[str, dict[int, list[Repository]]] = {}
+        self.incomplete: dict[str, set[int]] = {}
 
-    def add_page(self, report_id: str, page: int, pages: int, items: list[Repository]) -> PageArrival:
+    def add_page(
+        self, report_id: str, page: int, pages: int, items: list[Repository], *, incomplete: bool = False
+    ) -> PageArrival:
         stored = self.pages.setdefault(report_id, {})
         newly = page not in stored
         stored.setdefault(page, items)
-        return PageArrival(newly, len(stored), dict(stored) if len(stored) >= pages else None)
+        flagged = self.incomplete.setdefault(report_id, set())
+        if newly and incomplete:
+            flagged.add(page)
+        complete = len(stored) >= pages
+        return PageArrival(
+            newly, len(stored), dict(stored) if complete else None, tuple(sorted(flagged)) if complete else ()
+        )
 
 
 def page_event(page: int, items: list[Repository]) -> ReportPageFetched:
@@ -77,9 +86,20 @@ def test_pages_fan_in_to_one_aggregation_deduplicated_and_grouped() -> None:
     assert again == outgoing
 
 
-def aggregated(report_id: str = "r-1") -> ReportAggregated:
+def test_pages_github_served_in_part_make_the_aggregation_say_so() -> None:
+    pages = Pages()
+    first = page_event(1, [repo(1)]).model_copy(update={"incomplete_results": True})
+    handle_report_page_fetched(first, meta_of(first), pages=pages)
+    second = page_event(2, [repo(2)])
+    [outgoing] = handle_report_page_fetched(second, meta_of(second), pages=pages)
+    assert isinstance(outgoing.data, ReportAggregated) and outgoing.data.incomplete_pages == [1]
+
+
+def aggregated(report_id: str = "r-1", incomplete_pages: list[int] | None = None) -> ReportAggregated:
     groups = [LanguageGroup(language="Python", repositories=[repo(2), repo(1)])]
-    return ReportAggregated(report_id=report_id, spec=SPEC, total=2, languages=groups)
+    return ReportAggregated(
+        report_id=report_id, spec=SPEC, total=2, languages=groups, incomplete_pages=incomplete_pages or []
+    )
 
 
 def test_the_exporter_writes_the_csv_and_claims_the_report_exported(tmp_path: Path) -> None:
@@ -90,7 +110,14 @@ def test_the_exporter_writes_the_csv_and_claims_the_report_exported(tmp_path: Pa
     assert path.parent == tmp_path and path.read_text().startswith("language,full_name")
     assert (exported.rows, exported.repositories, exported.layout) == (2, 2, "rows")
     assert [(c.language, c.count) for c in exported.top_languages] == [("Python", 2)]
+    assert exported.incomplete_pages == []
     assert outcomes.decided == {"r-1": "exported"}
+
+
+def test_a_partial_report_is_exported_as_partial(tmp_path: Path) -> None:
+    event = aggregated("r-9", incomplete_pages=[3])
+    [exported] = handle_report_aggregated(event, meta_of(event), reports_dir=tmp_path, outcomes=InMemoryOutcomes())
+    assert exported.incomplete_pages == [3]
 
 
 def test_the_exporter_removes_its_csv_when_the_report_already_ended_otherwise(tmp_path: Path) -> None:
