@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from kombu.entity import Exchange, Queue, binding
 
 from shared.pipeline import DELIVERY_LIMIT
+from shared.webhooks import WEBHOOK_DELIVERY
 
 EVENTS = Exchange("hotrepos.events", type="topic", durable=True)
 ALERTS = Exchange("hotrepos.alerts", type="fanout", durable=True)
@@ -17,6 +18,9 @@ DLX = Exchange("hotrepos.dlx", type="topic", durable=True)
 RETRY = Exchange("hotrepos.retry", type="topic", durable=True)
 REDELIVER = Exchange("hotrepos.redeliver", type="topic", durable=True)
 EXCHANGES = (EVENTS, ALERTS, CONTROL, DLX, RETRY, REDELIVER)
+# The webhooks service's own messages, one delivery per (webhook subscription, event), so that each is
+# retried on its own: an exchange of its own, which only that service writes to and declares.
+WEBHOOK_DELIVERIES = Exchange("webhooks.deliveries", type="fanout", durable=True)
 
 REASON_HEADER = "x-hotrepos-reason"
 ORIGINAL_EXCHANGE_HEADER = "x-hotrepos-original-exchange"
@@ -119,6 +123,9 @@ NOTIFIER_EXPORTED = on_event("notifier", "report.exported")
 NOTIFIER_FAILED = on_event("notifier", "report.failed")
 NOTIFIER_ALERTS = Subscription("notifier", "alerts", ALERTS, "")
 GATEWAY_PROGRESS = Subscription("gateway", "report.progress", EVENTS, "report.#")
+WEBHOOKS_EXPORTED = on_event("webhooks", "report.exported")
+WEBHOOKS_FAILED = on_event("webhooks", "report.failed")
+WEBHOOKS_DELIVERIES = Subscription("webhooks", "deliveries", WEBHOOK_DELIVERIES, "")
 
 SUBSCRIPTIONS: tuple[Subscription, ...] = (
     FETCHER_REQUESTED,
@@ -128,9 +135,12 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     NOTIFIER_FAILED,
     NOTIFIER_ALERTS,
     GATEWAY_PROGRESS,
+    WEBHOOKS_EXPORTED,
+    WEBHOOKS_FAILED,
+    WEBHOOKS_DELIVERIES,
 )
 
-# Which principal publishes which event type on hotrepos.events; broker permissions derive from it.
+# Which principal publishes which event type, on that type's exchange; broker permissions derive from it.
 PUBLISHES: dict[str, tuple[str, ...]] = {
     "fetcher": ("report.page.fetched", "report.failed"),
     "fetcher-beat": ("report.requested",),
@@ -138,6 +148,7 @@ PUBLISHES: dict[str, tuple[str, ...]] = {
     "exporter": ("report.exported", "report.failed"),
     "notifier": (),
     "gateway": ("report.requested", "report.cancel.requested"),
+    "webhooks": (WEBHOOK_DELIVERY,),
 }
 
 
@@ -161,8 +172,13 @@ def every_subscription() -> tuple[Subscription, ...]:
     return tuple(s for service in services for s in subscriptions_with_control(service))
 
 
-# Alerts and control messages have exchanges of their own; every other event is on hotrepos.events.
-_EXCHANGE_OF_EVENT = {"alert.raised": ALERTS, "report.cancel.requested": CONTROL}
+# Alerts, control messages and a service's own messages have exchanges of their own; every other
+# event is on hotrepos.events.
+_EXCHANGE_OF_EVENT = {
+    "alert.raised": ALERTS,
+    "report.cancel.requested": CONTROL,
+    WEBHOOK_DELIVERY: WEBHOOK_DELIVERIES,
+}
 
 
 def exchange_of(event_type: str) -> Exchange:

@@ -129,10 +129,16 @@ def grant_for(service: str) -> Grant:
     published |= set(PRIVATE_PUBLISHES.get(service, ()))
     grant.write |= published
     # Declaring is how every service makes sure an exchange exists: a consumer declares them all at
-    # start, a pure publisher only those it publishes to.
+    # start, a pure publisher only those it publishes to; its own exchanges, only their owner.
     grant.configure |= {e.name for e in EXCHANGES} if subscriptions else (published & _contract_exchanges())
-    grant.configure |= set(PRIVATE_PUBLISHES.get(service, ()))
+    grant.configure |= own_exchanges(service)
     return grant
+
+
+def own_exchanges(service: str) -> set[str]:
+    """Exchanges outside the contract that only this service writes to: its own messages' and plumbing."""
+    own_messages = {exchange_of(t).name for t in PUBLISHES.get(service, ())} - _contract_exchanges()
+    return own_messages | set(PRIVATE_PUBLISHES.get(service, ()))
 
 
 def operator_grant() -> Grant:
@@ -295,7 +301,7 @@ def users_table() -> str:
         consumes = ", ".join(grant.consumes) or "nothing"
         publishes = ", ".join(f"`{key}`" for key in grant.publishes) or "nothing"
         # A queue and an exchange may share a name (the fetcher's Celery plumbing): list both.
-        private = set(PRIVATE_PUBLISHES.get(user, ()))
+        private = own_exchanges(user) if user in PUBLISHES else set()
         exchanges = sorted((grant.write - grant.queues - {EVENTS.name}) | private)
         others = ", ".join(f"`{name}`" for name in exchanges)
         lines.append(f"| `{user}` | {consumes} | {publishes} | {others} |")
