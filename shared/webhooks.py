@@ -304,19 +304,21 @@ class UrlGuard:
         return cls(frozenset(normalise_host(h) for h in hosts if h.strip()), resolve)
 
     def check(self, url: str) -> CheckedUrl:
-        """Every rule, name resolution included: at registration. Raises UrlRefused."""
-        checked = self.check_form(url)
+        """Every rule, resolving the name: at registration. Raises UrlRefused."""
+        checked = self._form(url)
         if not checked.allowed:
             try:
                 self.public_addresses(checked.host, checked.port)
             except OSError as exc:
                 raise UrlRefused(f"host {checked.host!r} does not resolve: {exc}") from None
-            if checked.scheme != "https":
-                raise UrlRefused("must use https: plain http is only for hosts listed in WEBHOOK_ALLOWED_HOSTS")
-        return checked
+        return _https_unless_allowed(checked)
 
-    def check_form(self, url: str) -> CheckedUrl:
-        """The rules that need no name resolution. Raises UrlRefused."""
+    def check_unresolved(self, url: str) -> CheckedUrl:
+        """Every rule that needs no name resolution: before each delivery, whose connection then checks
+        the addresses themselves (public_addresses). Raises UrlRefused."""
+        return _https_unless_allowed(self._form(url))
+
+    def _form(self, url: str) -> CheckedUrl:
         if len(url) > MAX_URL_LENGTH:
             raise UrlRefused(f"is {len(url)} characters long; at most {MAX_URL_LENGTH}")
         if _UNSAFE_CHARACTERS.search(url):
@@ -355,6 +357,12 @@ class UrlGuard:
             if kind is not None:
                 raise UrlRefused(f"{host} resolves to {address}, {kind}; {_INSIDE_ONLY_IF_ALLOWED}")
         return addresses
+
+
+def _https_unless_allowed(checked: CheckedUrl) -> CheckedUrl:
+    if checked.scheme != "https" and not checked.allowed:
+        raise UrlRefused("must use https: plain http is only for hosts listed in WEBHOOK_ALLOWED_HOSTS")
+    return checked
 
 
 def _port_of(parts: SplitResult, scheme: str) -> int:

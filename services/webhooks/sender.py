@@ -51,7 +51,7 @@ class HttpWebhookSender:
 
     def _send(self, request: WebhookRequest) -> SendResult:
         try:
-            self._guard.check_form(request.url)
+            self._guard.check_unresolved(request.url)
             response = self._session.post(
                 request.url,
                 data=request.body,
