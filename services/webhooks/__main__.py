@@ -73,6 +73,7 @@ def main() -> None:
         public_url=settings.gateway_public_url,
         # Longer than one attempt can take (connect, then read): a replica that died mid-send frees it then.
         lease_seconds=3 * settings.webhook_timeout_seconds + 5,
+        busy_delay=settings.webhook_timeout_seconds,
     )
     exported = partial(handle_report_exported, subscriptions=subscriptions, deliveries=deliveries)
     failed = partial(handle_report_failed, subscriptions=subscriptions, deliveries=deliveries)

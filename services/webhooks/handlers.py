@@ -137,8 +137,13 @@ def deliver_webhook(
     clock: Callable[[], dt.datetime],
     public_url: str,
     lease_seconds: float,
+    busy_delay: float,
 ) -> None:
-    """Send one delivery; RetryLater when it may work later, Rejected when it never will."""
+    """Send one delivery; RetryLater when it may work later, Rejected when it never will.
+
+    A copy of this very delivery being sent by another replica (the lease is held) comes back after
+    busy_delay, by when that replica is done, and then finds it delivered.
+    """
     subscription = subscriptions.get(message.subscription_id)
     if subscription is None:
         # Deleted while this delivery waited: it gets no more of them.
@@ -148,7 +153,7 @@ def deliver_webhook(
     if record is not None and record.status == "delivered":
         return  # a copy of this very delivery got through already
     if not records.start_sending(subscription.id, message.event_id, lease_seconds):
-        raise RetryLater(f"webhook {subscription.id}: being delivered by another replica", lease_seconds)
+        raise RetryLater(f"webhook {subscription.id}: being delivered by another replica", busy_delay)
     try:
         now = clock()
         request = webhook_request(subscription, message, now, public_url)

@@ -114,6 +114,7 @@ class Delivering:
             clock=lambda: NOW,
             public_url=PUBLIC_URL,
             lease_seconds=35,
+            busy_delay=10,
         )
 
     def record(self, sid: str = "s-1", event_id: str = "e-1") -> Any:
@@ -261,7 +262,7 @@ def test_a_delivery_another_replica_is_sending_waits_for_it() -> None:
     assert delivering.records.start_sending("s-1", "e-1", 35)
     with pytest.raises(RetryLater, match="another replica") as retry:
         delivering(delivery_of(EXPORTED))
-    assert retry.value.delay == 35 and delivering.sender.requests == []
+    assert retry.value.delay == 10 and delivering.sender.requests == []
 
 
 def test_a_standard_subscription_without_a_secret_cannot_be_signed() -> None:
