@@ -192,8 +192,12 @@ def _settle(
         )
 
     if result.outcome == "answered" and result.status_code is not None and 200 <= result.status_code < 300:
-        save("delivered", None)
         log.info("webhook.delivered", subscription_id=subscription.id, status_code=result.status_code)
+        try:
+            save("delivered", None)
+        except Exception as exc:
+            # Delivered all the same: a retry for the sake of the record would send it twice.
+            log.warning("webhook.record_not_saved", subscription_id=subscription.id, error=str(exc))
         return
     reason = describe(result)
     if is_retryable(result):

@@ -296,3 +296,20 @@ def test_the_default_policy_retries_for_about_a_day() -> None:
     rng = random.Random(1)
     assert all(0 <= policy.delay(attempt, None, rng) <= policy.max_delay for attempt in range(2000))
     assert policy.delay(0, None, random.Random(1)) <= policy.base_delay
+
+
+class RecordsDown(InMemoryDeliveryRecords):
+    def save(self, subscription_id: str, record: Any) -> None:
+        raise ConnectionError("Redis does not answer")
+
+
+def test_a_delivery_whose_record_cannot_be_saved_is_not_sent_again() -> None:
+    delivering = Delivering()
+    delivering.records = RecordsDown()
+    delivering(delivery_of(EXPORTED))  # no retry: the receiver has it
+    assert len(delivering.sender.requests) == 1
+    # A failure that cannot be recorded is retried like any Redis outage.
+    failing = Delivering(SendResult("answered", 500))
+    failing.records = RecordsDown()
+    with pytest.raises(ConnectionError):
+        failing(delivery_of(EXPORTED))
