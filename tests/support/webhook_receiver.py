@@ -89,10 +89,15 @@ class WebhookReceiver:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def new_path(
-        self, *answers: Answer, secret: str | None = None, then: Answer | None = None, name: str = "hook"
+        self,
+        *answers: Answer,
+        secret: str | None = None,
+        then: Answer | None = None,
+        name: str = "hook",
+        path: str | None = None,
     ) -> str:
-        """A path of its own, answering `answers` in turn, then `then` (200 by default)."""
-        path = f"/{name}/{uuid.uuid4().hex[:12]}"
+        """A path of its own (or the one given), answering `answers` in turn, then `then` (200 by default)."""
+        path = path or f"/{name}/{uuid.uuid4().hex[:12]}"
         with self._lock:
             self._paths[path] = _Path(secret, list(answers), then or Answer())
         return path
