@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 import redis
 import requests
+from kombu.transport.native_delayed_delivery import level_name
 from playwright.sync_api import expect, sync_playwright
 
+from shared.topology import DELAY_LEVELS
 from shared.webhooks import RedisWebhookSubscriptions, WebhookSubscription
 from tests.conftest import TODAY
 from tests.support.amqp import EventListener, cloud_event, dead_letters, publish, queue_depth
@@ -327,6 +329,10 @@ def test_a_slow_receiver_is_timed_out_and_retried(
     assert webhook_metric(metrics_port, "timeout") - timeouts_before == 1
 
 
+# Where deliveries wait for their retry: the broker's delay levels.
+DELAY_QUEUES = tuple(level_name(level) for level in range(DELAY_LEVELS))
+
+
 def webhook_metric(port: int, outcome: str) -> float:
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     wanted = f'hotrepos_webhook_deliveries_total{{format="standard",outcome="{outcome}"}}'
@@ -354,7 +360,7 @@ def test_two_replicas_and_many_reports_each_subscription_gets_each_event_once(
         eventually(all_delivered, timeout=120, message="every event at every subscriber")
         # Copies that met their twin being sent by the other replica wait for a retry, then find it
         # delivered: once none waits, a later event reaches every subscriber after them.
-        queues = ("webhooks.report.exported", "webhooks.deliveries.retry", "webhooks.deliveries")
+        queues = ("webhooks.report.exported", "webhooks.deliveries", *DELAY_QUEUES)
         eventually(
             lambda: all(queue_depth(pipeline.amqp_url, queue) == 0 for queue in queues),
             timeout=60,
@@ -379,7 +385,7 @@ def test_two_replicas_and_many_reports_each_subscription_gets_each_event_once(
 def test_a_subscription_deleted_while_its_delivery_waits_gets_no_more(
     pipeline: Pipeline, gateway: Gateway, api: requests.Session, receiver: WebhookReceiver, subscribe: Subscribe
 ) -> None:
-    # Both answer 503 with the same Retry-After, so both deliveries wait in the one retry queue for the
+    # Both answer 503 with the same Retry-After, so both deliveries wait in the same delay levels for the
     # same time, the deleted one's first: the sentinel's retry comes back after it, to the one replica.
     retry_after = {"Retry-After": "3"}
     deleted_path = receiver.new_path(then=Answer(503, headers=retry_after))
