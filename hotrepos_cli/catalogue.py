@@ -10,7 +10,7 @@ import importlib.metadata
 import re
 from typing import Any
 
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 from pydantic.json_schema import models_json_schema
 
 from shared.events import (
@@ -43,11 +43,13 @@ from shared.topology import (
     PUBLISHES,
     REASON_HEADER,
     SUBSCRIPTIONS,
+    WEBHOOK_DELIVERIES,
     Subscription,
     delayed_binding_key,
     every_subscription,
     exchange_of,
 )
+from shared.webhooks import WEBHOOK_DELIVERY, WebhookDelivery
 
 ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING_VERSION = "0.3.0"
@@ -56,6 +58,11 @@ SCHEMA_REF = "#/components/schemas/{model}"
 ANY_CLIENT = "client"
 EVERY_SERVICE = "every-service"
 CONTEXT_HEADERS = ("correlationid", "locale", "traceparent")
+# Every message type on the broker: the contract's events, then a service's own messages, which never
+# leave that service but travel through the same pipeline (the webhooks service's deliveries).
+MESSAGE_TYPES: dict[str, type[EventData]] = {**EVENT_TYPES, WEBHOOK_DELIVERY: WebhookDelivery}
+# The contract's exchanges, then those a service keeps for its own messages.
+ALL_EXCHANGES: tuple[Exchange, ...] = (*EXCHANGES, WEBHOOK_DELIVERIES)
 
 # One example per event type, built with the models themselves so that an example cannot drift.
 _REPORT_ID = "6f1c9a7e-1b2c"
@@ -133,6 +140,18 @@ def example_event(event_type: str) -> CloudEvent | None:
     )
 
 
+# A delivery carries the event it delivers, as it went over the broker.
+_EXPORTED_EXAMPLE = example_event("report.exported")
+assert _EXPORTED_EXAMPLE is not None
+EXAMPLES[WEBHOOK_DELIVERY] = WebhookDelivery(
+    subscription_id="3f9d2c4e8a7b4e0f9c1d2e3f4a5b6c7d",
+    event_id=_EXPORTED_EXAMPLE.id,
+    event_type="report.exported",
+    report_id=_REPORT_ID,
+    body=_EXPORTED_EXAMPLE.model_dump_json(exclude_none=True),
+)
+
+
 def topic_matches(binding_key: str, routing_key: str) -> bool:
     """AMQP topic matching: `*` is exactly one word, `#` zero or more."""
     pattern = re.escape(binding_key).replace(r"\*", r"[^.]+").replace(r"\#", r".*")
@@ -142,7 +161,7 @@ def topic_matches(binding_key: str, routing_key: str) -> bool:
 
 def event_types_on(subscription: Subscription) -> list[str]:
     """The event types that a subscription's binding lets into its queue."""
-    on_exchange = [t for t in EVENT_TYPES if exchange_of(t).name == subscription.exchange.name]
+    on_exchange = [t for t in MESSAGE_TYPES if exchange_of(t).name == subscription.exchange.name]
     if subscription.exchange.type == "fanout":
         return on_exchange
     if subscription.exchange.type == "topic":
@@ -169,8 +188,7 @@ def _ref(*parts: str) -> dict[str, str]:
     return {"$ref": "#/" + "/".join(part.replace("~", "~0").replace("/", "~1") for part in parts)}
 
 
-def _exchange_binding(name: str) -> dict[str, Any]:
-    exchange = next(e for e in EXCHANGES if e.name == name)
+def _exchange_binding(exchange: Exchange) -> dict[str, Any]:
     return {
         "amqp": {
             "is": "routingKey",
@@ -311,7 +329,7 @@ def _message(event_type: str, model: type[EventData]) -> dict[str, Any]:
 
 
 def _schemas() -> dict[str, Any]:
-    models = [(model, "validation") for model in (CloudEvent, *EVENT_TYPES.values())]
+    models = [(model, "validation") for model in (CloudEvent, *MESSAGE_TYPES.values())]
     _, top = models_json_schema(models, ref_template=SCHEMA_REF)  # type: ignore[arg-type]
     return dict(sorted(top.get("$defs", {}).items()))
 
@@ -336,13 +354,13 @@ def build_document() -> dict[str, Any]:
     """The AsyncAPI 3 document of every exchange, routing key, queue, message schema and example."""
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
-    for event_type in EVENT_TYPES:
+    for event_type in MESSAGE_TYPES:
         exchange = exchange_of(event_type)
         channels[event_type] = {
             "address": event_type if exchange.type == "topic" else "",
             "title": f"{event_type} on {exchange.name}",
             "messages": {event_type: _ref("components", "messages", event_type)},
-            "bindings": _exchange_binding(exchange.name),
+            "bindings": _exchange_binding(exchange),
         }
         for actor in publishers_of(event_type):
             operations[f"{actor}.sends.{event_type}"] = _operation(
@@ -379,7 +397,7 @@ def build_document() -> dict[str, Any]:
         "operations": operations,
         "components": {
             "schemas": _schemas(),
-            "messages": {t: _message(t, model) for t, model in EVENT_TYPES.items()},
+            "messages": {t: _message(t, model) for t, model in MESSAGE_TYPES.items()},
         },
     }
 
@@ -389,6 +407,7 @@ _ROLES = {
     ALERTS.name: "alerts from every service",
     CONTROL.name: "commands that every replica obeys",
     DLX.name: "dead letters, with the name of the queue they left as routing key",
+    WEBHOOK_DELIVERIES.name: "the webhooks service's own deliveries, one per subscription and event",
 }
 DESCRIPTION = (
     "The events of hotrepos: small services that never call each other and talk only through\n"
@@ -399,7 +418,8 @@ DESCRIPTION = (
     "(W3C trace context: the CloudEvents distributed-tracing extension); they are also copied into\n"
     "AMQP headers. The context of the event being handled is copied into every event published\n"
     "while handling it, so one report is one correlation id and one trace.\n\n"
-    "Exchanges:\n" + "".join(f"- `{e.name}` ({e.type}): {_ROLES.get(e.name, 'see its channels')}\n" for e in EXCHANGES)
+    "Exchanges:\n"
+    + "".join(f"- `{e.name}` ({e.type}): {_ROLES.get(e.name, 'see its channels')}\n" for e in ALL_EXCHANGES)
 )
 
 
@@ -417,10 +437,10 @@ def _node(prefix: str, name: str) -> str:
 def topology_mermaid() -> str:
     """The topology as a Mermaid flowchart: who publishes what, where it is routed, who consumes it."""
     lines = ["flowchart LR"]
-    for exchange in EXCHANGES:
+    for exchange in ALL_EXCHANGES:
         lines.append(f'    {_node("x_", exchange.name)}{{{{"{exchange.name}<br/>{exchange.type}"}}}}')
     publishers: dict[tuple[str, str], list[str]] = {}
-    for event_type in EVENT_TYPES:
+    for event_type in MESSAGE_TYPES:
         for actor in publishers_of(event_type):
             publishers.setdefault((actor, exchange_of(event_type).name), []).append(event_type)
     actors = dict.fromkeys(actor for actor, _ in publishers)

@@ -79,7 +79,7 @@ def main() -> int:
         stack.start()
         try:
             params = pika.URLParameters(amqp_url)
-            print("demo: starting fetcher, aggregator, exporter, notifier, beat and gateway ...", flush=True)
+            print("demo: starting fetcher, aggregator, exporter, notifier, webhooks, beat and gateway ...", flush=True)
             wait_for_consumers(
                 params,
                 [

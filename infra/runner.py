@@ -29,9 +29,10 @@ SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "aggregator": ("services.aggregator", ()),
     "exporter": ("services.exporter", ()),
     "notifier": ("services.notifier", ()),
+    "webhooks": ("services.webhooks", ()),
 }
 # The gateway listens on one GATEWAY_PORT, so one per machine (compose publishes one host port too).
-SCALABLE = {"fetcher", "aggregator", "exporter", "notifier"}
+SCALABLE = {"fetcher", "aggregator", "exporter", "notifier", "webhooks"}
 OPTIONAL_SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {"gateway": ("services.gateway", ())}
 
 

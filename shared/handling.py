@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
@@ -25,10 +25,12 @@ class EventMeta:
     locale: str | None = None
     correlationid: str | None = None
     attempt: int = 0
+    # The whole envelope as decoded, for a handler that passes the event on as it came (webhooks).
+    cloud_event: CloudEvent | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, event: CloudEvent, attempt: int = 0) -> EventMeta:
-        return cls(event.id, event.type, event.time, event.locale, event.correlationid, attempt)
+        return cls(event.id, event.type, event.time, event.locale, event.correlationid, attempt, event)
 
 
 @dataclass(frozen=True)

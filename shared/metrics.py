@@ -20,6 +20,17 @@ GITHUB_RATE_LIMIT_REMAINING = Gauge(
     "hotrepos_github_rate_limit_remaining", "X-RateLimit-Remaining of the last GitHub answer"
 )
 EMAILS = Counter("hotrepos_emails_total", "Emails, by kind and outcome", ["kind", "outcome"])
+WEBHOOK_DELIVERIES = Counter(
+    "hotrepos_webhook_deliveries_total",
+    "Webhook delivery attempts, by format and outcome (2xx, 3xx, 4xx, 5xx, timeout, connection-error, refused)",
+    ["format", "outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "hotrepos_webhook_delivery_duration_seconds",
+    "One webhook delivery attempt, from connecting to the answer read, by format",
+    ["format"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 REPORTS = Counter("hotrepos_reports_total", "Reports finished, by outcome", ["outcome"])
 REPORT_SECONDS = Histogram(
     "hotrepos_report_duration_seconds",

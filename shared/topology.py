@@ -15,6 +15,7 @@ from kombu.transport.native_delayed_delivery import (
 )
 
 from shared.pipeline import DELIVERY_LIMIT
+from shared.webhooks import WEBHOOK_DELIVERY
 
 EVENTS = Exchange("hotrepos.events", type="topic", durable=True)
 ALERTS = Exchange("hotrepos.alerts", type="fanout", durable=True)
@@ -32,6 +33,9 @@ EXCHANGES = (EVENTS, ALERTS, CONTROL, DLX)
 DELAY = Exchange(level_name(MAX_LEVEL), type="topic", durable=True)
 DELAYED = Exchange(CELERY_DELAYED_DELIVERY_EXCHANGE, type="topic", durable=True)
 DELAY_LEVELS = MAX_NUMBER_OF_BITS_TO_USE
+# The webhooks service's own messages, one delivery per (webhook subscription, event), so that each is
+# retried on its own: an exchange of its own, which only that service writes to and declares.
+WEBHOOK_DELIVERIES = Exchange("webhooks.deliveries", type="fanout", durable=True)
 
 REASON_HEADER = "x-hotrepos-reason"
 ORIGINAL_EXCHANGE_HEADER = "x-hotrepos-original-exchange"
@@ -115,6 +119,9 @@ NOTIFIER_EXPORTED = on_event("notifier", "report.exported")
 NOTIFIER_FAILED = on_event("notifier", "report.failed")
 NOTIFIER_ALERTS = Subscription("notifier", "alerts", ALERTS, "")
 GATEWAY_PROGRESS = Subscription("gateway", "report.progress", EVENTS, "report.#")
+WEBHOOKS_EXPORTED = on_event("webhooks", "report.exported")
+WEBHOOKS_FAILED = on_event("webhooks", "report.failed")
+WEBHOOKS_DELIVERIES = Subscription("webhooks", "deliveries", WEBHOOK_DELIVERIES, "")
 
 SUBSCRIPTIONS: tuple[Subscription, ...] = (
     FETCHER_REQUESTED,
@@ -124,9 +131,12 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     NOTIFIER_FAILED,
     NOTIFIER_ALERTS,
     GATEWAY_PROGRESS,
+    WEBHOOKS_EXPORTED,
+    WEBHOOKS_FAILED,
+    WEBHOOKS_DELIVERIES,
 )
 
-# Which principal publishes which event type on hotrepos.events; broker permissions derive from it.
+# Which principal publishes which event type, on that type's exchange; broker permissions derive from it.
 PUBLISHES: dict[str, tuple[str, ...]] = {
     "fetcher": ("report.page.fetched", "report.failed"),
     "fetcher-beat": ("report.requested",),
@@ -134,6 +144,7 @@ PUBLISHES: dict[str, tuple[str, ...]] = {
     "exporter": ("report.exported", "report.failed"),
     "notifier": (),
     "gateway": ("report.requested", "report.cancel.requested"),
+    "webhooks": (WEBHOOK_DELIVERY,),
 }
 
 
@@ -157,8 +168,13 @@ def every_subscription() -> tuple[Subscription, ...]:
     return tuple(s for service in services for s in subscriptions_with_control(service))
 
 
-# Alerts and control messages have exchanges of their own; every other event is on hotrepos.events.
-_EXCHANGE_OF_EVENT = {"alert.raised": ALERTS, "report.cancel.requested": CONTROL}
+# Alerts, control messages and a service's own messages have exchanges of their own; every other
+# event is on hotrepos.events.
+_EXCHANGE_OF_EVENT = {
+    "alert.raised": ALERTS,
+    "report.cancel.requested": CONTROL,
+    WEBHOOK_DELIVERY: WEBHOOK_DELIVERIES,
+}
 
 
 def exchange_of(event_type: str) -> Exchange:

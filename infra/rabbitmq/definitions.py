@@ -161,9 +161,9 @@ def grant_for(service: str) -> Grant:
     published |= set(PRIVATE_PUBLISHES.get(service, ()))
     grant.write |= published
     # Declaring is how every service makes sure an exchange exists: a consumer declares them all at
-    # start, a pure publisher only those it publishes to.
+    # start, a pure publisher only those it publishes to; its own exchanges, only their owner.
     grant.configure |= {e.name for e in EXCHANGES} if subscriptions else (published & _contract_exchanges())
-    grant.configure |= set(PRIVATE_PUBLISHES.get(service, ()))
+    grant.configure |= own_exchanges(service)
     return grant
 
 
@@ -177,6 +177,12 @@ def _grant_delays(grant: Grant, queue_name: str, binding_key: str | None = None)
     grant.topic_writes.setdefault(DELAY.name, set()).add(delayed_keys(queue_name))
     binding_keys = grant.topic_reads.setdefault(DELAYED.name, set())
     binding_keys.add(delayed_binding(queue_name) if binding_key is None else Regex(re.escape(binding_key)))
+
+
+def own_exchanges(service: str) -> set[str]:
+    """Exchanges outside the contract that only this service writes to: its own messages' and plumbing."""
+    own_messages = {exchange_of(t).name for t in PUBLISHES.get(service, ())} - _contract_exchanges()
+    return own_messages | set(PRIVATE_PUBLISHES.get(service, ()))
 
 
 def operator_grant() -> Grant:
@@ -343,7 +349,7 @@ def users_table() -> str:
         consumes = ", ".join(grant.consumes) or "nothing"
         publishes = ", ".join(f"`{key}`" for key in grant.publishes) or "nothing"
         # A queue and an exchange may share a name (the fetcher's Celery plumbing): list both.
-        private = set(PRIVATE_PUBLISHES.get(user, ()))
+        private = own_exchanges(user) if user in PUBLISHES else set()
         exchanges = sorted((grant.write - grant.queues - {EVENTS.name}) | private)
         others = ", ".join(
             "`celery_delayed_*` (the delay levels)" if name == DELAY_NAMES else f"`{name}`" for name in exchanges

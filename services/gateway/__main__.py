@@ -24,12 +24,14 @@ from services.gateway.handlers import (
 from services.gateway.idempotency import RedisIdempotencyKeys
 from services.gateway.routes import GatewayDependencies, create_app
 from services.gateway.store import RedisReportStatuses
+from services.gateway.webhooks import WebhookAdmin
 from shared.bootstrap import BackgroundConsumer, Service, bootstrap
 from shared.events import utc_today
 from shared.pipeline import Route
 from shared.publisher import Publisher
 from shared.settings import CommonSettings, load_settings
 from shared.topology import GATEWAY_PROGRESS
+from shared.webhooks import AllowedHosts, RedisDeliveryRecords, RedisWebhookSubscriptions, UrlGuard
 
 # An HTTP client is waiting: a broker that does not answer at once gives a 503, not a long stall.
 FAIL_FAST_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
@@ -42,6 +44,9 @@ class GatewaySettings(CommonSettings):
     reports_dir: Path = Path("reports")
     gateway_debug_faults: bool = Field(default=False, description="Serve /api/_debug/fail (tests only)")
     today: dt.date | None = Field(default=None, description="Pin 'today' (demos and tests only)")
+    webhook_allowed_hosts: AllowedHosts = Field(
+        default_factory=list, description="Hosts a webhook may reach over plain http and inside the network"
+    )
 
 
 def consume_progress(service: Service, statuses: RedisReportStatuses) -> BackgroundConsumer:
@@ -102,6 +107,11 @@ def main() -> None:
             reports_dir=settings.reports_dir,
             readiness=readiness,
             today=(lambda: pinned_today) if pinned_today else utc_today,
+            webhooks=WebhookAdmin(
+                subscriptions=RedisWebhookSubscriptions(service.redis),
+                deliveries=RedisDeliveryRecords(service.redis),
+                guard=UrlGuard.allowing(settings.webhook_allowed_hosts),
+            ),
             debug_faults=settings.gateway_debug_faults,
         )
     )

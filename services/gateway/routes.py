@@ -33,6 +33,7 @@ from services.gateway.views import (
     status_url,
     view_of,
 )
+from services.gateway.webhooks import WebhookAdmin, webhook_routes
 from shared.context import EventContext, event_scope
 from shared.events import ReportCancelRequested, ReportId
 from shared.handling import EventPublisher, ProcessedEvents
@@ -59,6 +60,7 @@ class GatewayDependencies:
     reports_dir: Path
     readiness: Callable[[], Mapping[str, str]]
     today: Callable[[], dt.date]
+    webhooks: WebhookAdmin
     debug_faults: bool = False
     keepalive_seconds: float = 15.0
 
@@ -134,6 +136,7 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(UnhandledErrors)
+    app.include_router(webhook_routes(deps.webhooks))
     ordering = deps.ordering()
 
     @app.exception_handler(ServiceUnavailable)

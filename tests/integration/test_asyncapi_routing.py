@@ -8,9 +8,8 @@ import pika
 import yaml
 
 from hotrepos_cli.asyncapi import render_document
-from hotrepos_cli.catalogue import example_event
+from hotrepos_cli.catalogue import MESSAGE_TYPES, example_event
 from shared.amqp import connect, declare_topology
-from shared.events import EVENT_TYPES
 from shared.publisher import encode_event
 from shared.settings import CommonSettings
 from shared.topology import SUBSCRIPTIONS, exchange_of
@@ -25,7 +24,7 @@ def test_each_work_queue_receives_exactly_the_messages_its_channel_lists(amqp_ur
     try:
         channel = connection.channel()
         channel.confirm_delivery()
-        for event_type in EVENT_TYPES:
+        for event_type in MESSAGE_TYPES:
             event = example_event(event_type)
             assert event is not None
             exchange = exchange_of(event_type)

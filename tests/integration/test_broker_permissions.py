@@ -21,6 +21,7 @@ from infra.rabbitmq.definitions import OPERATOR, principals
 from services.fetcher.topology import TASK_DEAD_LETTER_QUEUE, TASK_EXCHANGE, TASK_QUEUE
 from shared.amqp import connect, declare_topology
 from shared.events import (
+    EVENT_TYPES,
     AlertRaised,
     EventData,
     ReportAggregated,
@@ -32,7 +33,7 @@ from shared.events import (
     ReportSpec,
 )
 from shared.pipeline import PublishRefused
-from shared.publisher import Publisher
+from shared.publisher import Publisher, build_event
 from shared.settings import CommonSettings
 from shared.topology import (
     AGGREGATOR_PAGE_FETCHED,
@@ -52,6 +53,7 @@ from shared.topology import (
     redelivery_routing_key,
     subscriptions_with_control,
 )
+from shared.webhooks import WEBHOOK_DELIVERY, WebhookDelivery
 from tests.support.amqp import EventListener, cloud_event, dead_letters, publish
 from tests.support.broker import Broker
 from tests.support.broker_users import ServiceUsers, service_users
@@ -87,8 +89,20 @@ def sample(event_type: str, report_id: str) -> EventData:
         ),
         "report.failed": ReportFailed(report_id=report_id, stage="test", reason="test"),
         "report.cancel.requested": ReportCancelRequested(report_id=report_id),
+        WEBHOOK_DELIVERY: WebhookDelivery(
+            subscription_id="s", event_id="e", event_type="report.exported", report_id=report_id, body="{}"
+        ),
     }
     return samples[event_type]
+
+
+def publish_as(publisher: Publisher, event_type: str, report_id: str) -> None:
+    """A contract event as any publisher sends it; a service's own message on its own exchange."""
+    if event_type in EVENT_TYPES:
+        publisher.publish(sample(event_type, report_id))
+        return
+    event = build_event(sample(event_type, report_id), source=publisher.source, event_type=event_type)
+    publisher.publish_event(event, exchange=exchange_of(event_type))
 
 
 @pytest.fixture
@@ -148,7 +162,7 @@ def test_every_service_can_declare_publish_and_consume_what_it_needs(users: Serv
         publisher = Publisher(connect(settings_of(users, service)), source=f"tests/{service}", pool_size=1)
         try:
             for event_type in PUBLISHES[service]:
-                publisher.publish(sample(event_type, report_id))
+                publish_as(publisher, event_type, report_id)
             publisher.publish(
                 AlertRaised(service=service, level="ERROR", logger="tests", message="test", fingerprint="f"),
             )
@@ -172,8 +186,10 @@ def test_every_service_can_declare_publish_and_consume_what_it_needs(users: Serv
     for subscription in SUBSCRIPTIONS:
         if subscription.exchange is EVENTS:
             expected = [t for t in published if topic_matches(subscription.binding_key, t)]
-        else:  # hotrepos.alerts: one alert from each service
+        elif subscription.exchange is ALERTS:  # one alert from each service
             expected = ["alert.raised"] * len(principals())
+        else:  # a service's own exchange: what that service published there
+            expected = [t for t in PUBLISHES[subscription.service] if exchange_of(t) is subscription.exchange]
         received = drain(users.amqp_url(subscription.service), subscription.queue_name)
         assert sorted(received) == sorted(expected), subscription.queue_name
         assert len(drain(users.amqp_url(subscription.service), subscription.dlq_name)) == 1
@@ -211,11 +227,14 @@ def test_publishing_another_services_event_is_refused(users: ServiceUsers) -> No
     }
     allowed = {key for key, refused in outcomes.items() if refused is None}
     assert allowed == {(service, t) for service in principals() for t in PUBLISHES[service] if exchange_of(t) is EVENTS}
+    # The notifier and the webhooks service may not write to hotrepos.events at all; the others only
+    # with their keys.
+    silent = {service for service in principals() if not any(exchange_of(t) is EVENTS for t in PUBLISHES[service])}
+    assert silent == {"notifier", "webhooks"}
     for key, refused in outcomes.items():
         if key not in allowed:
-            # The notifier may not write to hotrepos.events at all; the others only with their keys.
             assert refused is not None and refused.startswith("403 ACCESS_REFUSED - access to "), key
-            assert f"topic '{key[1]}'" in refused or key[0] == "notifier", refused
+            assert f"topic '{key[1]}'" in refused or key[0] in silent, refused
 
 
 def test_reading_binding_or_declaring_what_another_service_owns_is_refused(users: ServiceUsers) -> None:
@@ -276,6 +295,8 @@ def test_no_side_door_into_another_services_queue(users: ServiceUsers) -> None:
     ]
     for side_door, key in side_doors:
         assert refusal(fetcher, "publish", side_door, key) is not None, side_door
+    # Nor into another service's own exchange.
+    assert refusal(fetcher, "publish", "webhooks.deliveries", "") is not None
     # Its own retries and dead letters still go through.
     assert refusal(fetcher, "publish", DELAY.name, delayed_routing_key(1, "fetcher.report.requested")) is None
     assert refusal(fetcher, "publish", DLX.name, "fetcher.report.requested") is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from services.notifier.templates import Email
 from shared.events import CloudEvent, EventData, event_type_of, new_event_id, report_id_of
 from shared.handling import Claim, EventMeta
 from shared.progress import ReportStatus, apply_event
+from shared.webhooks import DeliveryRecord, WebhookSubscription
 
 
 def meta_of(data: EventData, *, event_id: str | None = None, attempt: int = 0, locale: str | None = None) -> EventMeta:
@@ -206,3 +209,83 @@ class FakeSearch:
         if isinstance(answer, BaseException):
             raise answer
         return answer
+
+
+class InMemoryWebhookSubscriptions:
+    def __init__(self, *subscriptions: WebhookSubscription) -> None:
+        self.subscriptions = {s.id: s for s in subscriptions}
+
+    def add(self, subscription: WebhookSubscription) -> None:
+        self.subscriptions[subscription.id] = subscription
+
+    def get(self, subscription_id: str) -> WebhookSubscription | None:
+        return self.subscriptions.get(subscription_id)
+
+    def all(self) -> list[WebhookSubscription]:
+        return sorted(self.subscriptions.values(), key=lambda s: (s.created_at, s.id))
+
+    def delete(self, subscription_id: str) -> bool:
+        return self.subscriptions.pop(subscription_id, None) is not None
+
+
+class InMemoryDeliveryRecords:
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, DeliveryRecord]] = {}
+        self.leases: set[tuple[str, str]] = set()
+
+    def get(self, subscription_id: str, event_id: str) -> DeliveryRecord | None:
+        return self.records.get(subscription_id, {}).get(event_id)
+
+    def save(self, subscription_id: str, record: DeliveryRecord) -> None:
+        self.records.setdefault(subscription_id, {})[record.event_id] = record
+
+    def latest(self, subscription_id: str, limit: int) -> list[DeliveryRecord]:
+        # Insertion order is the order of first attempts, as in the Redis store.
+        return list(reversed(self.records.get(subscription_id, {}).values()))[:limit]
+
+    def start_sending(self, subscription_id: str, event_id: str, lease_seconds: float) -> bool:
+        if (subscription_id, event_id) in self.leases:
+            return False
+        self.leases.add((subscription_id, event_id))
+        return True
+
+    def done_sending(self, subscription_id: str, event_id: str) -> None:
+        self.leases.discard((subscription_id, event_id))
+
+
+class FakeResolver:
+    """Names to addresses from a table, as DNS would answer them; an unknown name does not resolve."""
+
+    def __init__(self, table: dict[str, list[str]] | None = None) -> None:
+        self.table = dict(table or {})
+        self.asked: list[str] = []
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        if host in self.table:
+            return list(self.table[host])
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise socket.gaierror(socket.EAI_NONAME, f"{host} is not in the test's DNS") from None
+        return [host]
+
+
+class ScriptedSender:
+    """Answers each POST with the next scripted result (the last one again when they run out)."""
+
+    def __init__(self, *results: Any) -> None:
+        self.results = list(results)
+        self.requests: list[Any] = []
+
+    def send(self, request: Any) -> Any:
+        self.requests.append(request)
+        return self.results.pop(0) if len(self.results) > 1 else self.results[0]
+
+
+class RecordingDeliveryQueue:
+    def __init__(self) -> None:
+        self.enqueued: list[Any] = []
+
+    def enqueue(self, deliveries: list[Any]) -> None:
+        self.enqueued.extend(deliveries)

@@ -22,6 +22,8 @@ QUEUES_OF = {
     "exporter": ("exporter.report.aggregated",),
     "notifier": ("notifier.report.exported", "notifier.report.failed", "notifier.alerts"),
 }
+# Opt-in, like the gateway: started by the tests that subscribe webhooks.
+WEBHOOKS_QUEUES = ("webhooks.report.exported", "webhooks.report.failed", "webhooks.deliveries")
 ADMIN = "admin@example.com"
 # Log directories of the pipelines started in this session, oldest first: a failed chaos test keeps its own.
 PIPELINE_LOG_DIRS: list[Path] = []
@@ -99,8 +101,8 @@ class Pipeline:
             **self.extra_env,
         }
 
-    def start(self, name: str, *args: str) -> ServiceProcess:
-        env = self.env()
+    def start(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> ServiceProcess:
+        env = {**self.env(), **(env or {})}
         if self.with_metrics:
             self.metrics_ports[name] = free_port()
             env["METRICS_PORT"] = str(self.metrics_ports[name])
@@ -139,6 +141,16 @@ class Pipeline:
 
         eventually(answering, timeout=timeout, message=f"{name} answering on {gateway.url}")
         return gateway
+
+    def start_webhooks(
+        self, name: str = "webhooks", *, env: Mapping[str, str] | None = None, timeout: float = 60
+    ) -> ServiceProcess:
+        """Also run a replica of the webhooks service (opt-in), once every replica consumes its queues."""
+        process = self.start(name, env=env)
+        replicas = sum(1 for p in self.processes if p.module == "services.webhooks" and p.alive)
+        for queue in WEBHOOKS_QUEUES:
+            self.wait_for_consumer(queue, timeout, count=replicas)
+        return process
 
     def wait_for_consumer(self, queue: str, timeout: float = 60, count: int = 1) -> None:
         def consuming() -> bool:

@@ -27,6 +27,7 @@ from services.exporter.__main__ import ExporterSettings
 from services.fetcher.__main__ import FetcherSettings
 from services.gateway.__main__ import GatewaySettings
 from services.notifier.__main__ import NotifierSettings
+from services.webhooks.__main__ import WebhooksSettings
 from shared.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +46,7 @@ SETTINGS_OF: dict[str, type[BaseSettings]] = {
     "exporter": ExporterSettings,
     "notifier": NotifierSettings,
     "gateway": GatewaySettings,
+    "webhooks": WebhooksSettings,
 }
 # Settings a container may leave to their defaults, and why.
 MAY_BE_ABSENT = {

@@ -20,6 +20,7 @@ from services.gateway.handlers import (
 )
 from services.gateway.routes import GatewayDependencies, create_app, file_inside
 from services.gateway.views import locale_from_accept_language
+from services.gateway.webhooks import WebhookAdmin
 from shared.events import (
     LanguageGroup,
     ReportAggregated,
@@ -31,11 +32,15 @@ from shared.events import (
     derived_event_id,
 )
 from shared.topology import GATEWAY_PROGRESS
+from shared.webhooks import UrlGuard
 from tests.support.fakes import (
+    FakeResolver,
+    InMemoryDeliveryRecords,
     InMemoryFeed,
     InMemoryIdempotencyKeys,
     InMemoryProcessedEvents,
     InMemoryStatuses,
+    InMemoryWebhookSubscriptions,
     RecordingPublisher,
     meta_of,
 )
@@ -66,7 +71,13 @@ class Gateway:
     processed: InMemoryProcessedEvents
 
 
-def gateway_over(tmp_path: Path, *, publisher: RecordingPublisher | None = None, debug: bool = False) -> Gateway:
+def gateway_over(
+    tmp_path: Path,
+    *,
+    publisher: RecordingPublisher | None = None,
+    debug: bool = False,
+    webhooks: WebhookAdmin | None = None,
+) -> Gateway:
     publisher = publisher or RecordingPublisher()
     statuses = InMemoryStatuses()
     processed = InMemoryProcessedEvents()
@@ -80,6 +91,8 @@ def gateway_over(tmp_path: Path, *, publisher: RecordingPublisher | None = None,
         reports_dir=tmp_path,
         readiness=lambda: {"broker": "ok", "redis": "ok", "projection": "ok"},
         today=lambda: TODAY,
+        webhooks=webhooks
+        or WebhookAdmin(InMemoryWebhookSubscriptions(), InMemoryDeliveryRecords(), UrlGuard(resolve=FakeResolver())),
         debug_faults=debug,
         keepalive_seconds=1,
     )

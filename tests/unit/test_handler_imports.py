@@ -12,7 +12,7 @@ from tests.support.services import ROOT
 FORBIDDEN = ("kombu", "amqp", "redis", "celery", "prometheus_client")
 
 
-@pytest.mark.parametrize("service", ["fetcher", "aggregator", "exporter", "notifier", "gateway"])
+@pytest.mark.parametrize("service", ["fetcher", "aggregator", "exporter", "notifier", "gateway", "webhooks"])
 def test_a_service_s_handlers_import_no_transport_redis_or_metrics(service: str) -> None:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", f"import services.{service}.handlers"],
