@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import redis
 import requests
 
 
@@ -98,6 +99,16 @@ def test_broker() -> Iterator[Broker]:
         )
 
 
+def test_redis_database() -> int:
+    """14 for a run in one process; under pytest-xdist, one database per worker (gw0 14, gw1 15), so that
+    one worker's gateway history or dedup keys never show in another's. The benchmark keeps 12 and 13."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw"))
+    if index > 1:
+        raise RuntimeError("the local Redis has databases for two test workers: run with -n 2 at most")
+    return 14 + index
+
+
 @contextmanager
 def test_redis() -> Iterator[str]:
     url = os.environ.get("REDIS_URL")
@@ -105,7 +116,11 @@ def test_redis() -> Iterator[str]:
         yield url
         return
     if _answers("127.0.0.1", 6379):
-        yield "redis://127.0.0.1:6379/14"
+        url = f"redis://127.0.0.1:6379/{test_redis_database()}"
+        # The database is the tests' own: start it empty, so that no earlier run's leftovers (a report
+        # history, claims, leases) decide what this run sees. A REDIS_URL given by hand is never emptied.
+        redis.Redis.from_url(url).flushdb()
+        yield url
         return
     from testcontainers.redis import RedisContainer
 
