@@ -17,6 +17,8 @@ case "${1:-}" in
     # hands the data directory, cookie included, to the rabbitmq user before starting the node.
     : "${HOTREPOS_ERLANG_COOKIE:?the nodes need a shared Erlang cookie}"
     (umask 077 && printf '%s' "$HOTREPOS_ERLANG_COOKIE" >"$DATA/.erlang.cookie")
+    # Some images' CLI switches to the rabbitmq user even when started as root: it must read it too.
+    chown rabbitmq:rabbitmq "$DATA/.erlang.cookie"
     # Blank nodes started together may each find no peer running yet and form clusters of one.
     # So a blank node other than the first waits until the first runs, then joins it. A node with
     # data never waits: it rejoins the peers it knew, whichever of them is up.

@@ -116,7 +116,12 @@ class ComposeStack:
         return self.compose("config", "--services").stdout.split()
 
     def expected_containers(self, fetchers: int = 1) -> int:
-        return len(self.services()) + fetchers - 1
+        """Containers `up` starts: one per service, `deploy.replicas` for those that say (the beats)."""
+        config = json.loads(self.compose("config", "--format", "json").stdout)
+        replicas = {
+            name: int((spec.get("deploy") or {}).get("replicas") or 1) for name, spec in config["services"].items()
+        }
+        return sum(replicas.values()) + fetchers - replicas.get("fetcher", 1)
 
     def containers(self) -> list[dict[str, Any]]:
         """Every container of the project, stopped ones too, as `docker compose ps` describes them."""
