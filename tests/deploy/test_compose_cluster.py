@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -70,9 +71,13 @@ def test_three_nodes_form_one_cluster_before_any_queue_is_declared(cluster: Comp
     assert {name: count for name, count in members.items() if count != len(NODES)} == {}
 
 
+def address_of(key: str) -> str:
+    return f"cluster-{key[:10]}@example.com"
+
+
 def request(stack: ComposeStack, ref_date: str, key: str, timeout: float = 180) -> str:
     """One report through the gateway; retried with the same Idempotency-Key while the broker fails over."""
-    order = {"period": "week", "ref_date": ref_date, "notify": f"cluster-{key[:10]}@example.com"}
+    order = {"period": "week", "ref_date": ref_date, "notify": address_of(key)}
     seen: list[str] = []
 
     def accepted() -> str | None:
@@ -114,6 +119,15 @@ def restarts(stack: ComposeStack) -> dict[str, int]:
     }
 
 
+def emails_per_address(stack: ComposeStack) -> dict[str, int]:
+    listed = requests.get(f"{stack.mailpit}/api/v1/messages", params={"limit": 1000}, timeout=30).json()["messages"]
+    found: dict[str, int] = {}
+    for message in listed:
+        for address in re.findall(r"cluster-[0-9a-f]{10}@example\.com", str(message["To"])):
+            found[address] = found.get(address, 0) + 1
+    return found
+
+
 def test_a_node_stopped_mid_run_and_every_report_ends_once(cluster: ComposeStack, figures: Figures) -> None:
     # The test's own quorum queue on report.#, declared while all three nodes run: it outlives the
     # stopped node, and counts every outcome on the wire by event id.
@@ -126,7 +140,8 @@ def test_a_node_stopped_mid_run_and_every_report_ends_once(cluster: ComposeStack
         # A reference date of its own, so that every page is fetched now, none comes from the cache.
         ref_date = (dt.date.today() - dt.timedelta(days=17)).isoformat()
         started = time.monotonic()
-        report_ids = [request(cluster, ref_date, uuid.uuid4().hex) for _ in range(BEFORE)]
+        keys = [uuid.uuid4().hex for _ in range(BEFORE + AFTER)]
+        report_ids = [request(cluster, ref_date, key) for key in keys[:BEFORE]]
 
         # Mid-run: some reports done, most still on their way.
         eventually(
@@ -141,7 +156,7 @@ def test_a_node_stopped_mid_run_and_every_report_ends_once(cluster: ComposeStack
         figures.record(
             "cluster: node stopped", f"{STOPPED} (`docker stop`) with {in_flight} of {BEFORE} reports in flight"
         )
-        report_ids += [request(cluster, ref_date, uuid.uuid4().hex) for _ in range(AFTER)]
+        report_ids += [request(cluster, ref_date, key) for key in keys[BEFORE:]]
 
         last: dict[str, str] = {}
 
@@ -177,7 +192,13 @@ def test_a_node_stopped_mid_run_and_every_report_ends_once(cluster: ComposeStack
             timeout=120,
             message="every outcome read from the recorder's queue",
         )
+        eventually(
+            lambda: set(emails_per_address(cluster)) >= {address_of(key) for key in keys},
+            timeout=120,
+            message="an email for every report",
+        )
         time.sleep(5)  # a late duplicate would be on its way by now
+        mailed = emails_per_address(cluster)
 
         outcomes = recorder.outcomes_by_report()
         distinct = {r: {e["id"]: e["type"] for e in outcomes.get(r, ())} for r in report_ids}
@@ -189,6 +210,8 @@ def test_a_node_stopped_mid_run_and_every_report_ends_once(cluster: ComposeStack
             "lost": sum(not kinds for kinds in wire.values()),
             "duplicated": sum(len(kinds) > 1 for kinds in wire.values()),
             "outcomes of reports nobody requested": len(set(outcomes) - set(report_ids) - {sentinel}),
+            "emails": sum(mailed.get(address_of(key), 0) for key in keys),
+            "reports mailed more than once": sum(mailed.get(address_of(key), 0) > 1 for key in keys),
             "service restarts": sum(restarts(cluster).values()) - sum(restarts_before.values()),
         }
         print("DEPLOY-CLUSTER-FIGURES " + json.dumps(figures_of_run))
@@ -202,6 +225,7 @@ def test_a_node_stopped_mid_run_and_every_report_ends_once(cluster: ComposeStack
         # The gateway, folding the same events, agrees with the wire.
         assert states(cluster, report_ids) == {r: kinds[0].removeprefix("report.") for r, kinds in wire.items()}
         assert figures_of_run["outcomes of reports nobody requested"] == 0
+        assert figures_of_run["reports mailed more than once"] == 0, figures_of_run
         assert quorum_members(cluster) and set(quorum_members(cluster).values()) == {len(NODES)}
     finally:
         if stopped_at is not None:
