@@ -62,6 +62,8 @@ class ComposeStack:
     # The compose files, layered in this order (none: compose.yaml alone), and the profiles.
     files: tuple[str, ...] = ()
     profiles: tuple[str, ...] = ("offline",)
+    # More of compose's variables, e.g. a setting the services read.
+    variables: dict[str, str] = field(default_factory=dict)
     project: str = field(default_factory=lambda: f"hotrepos-deploy-{uuid.uuid4().hex[:8]}")
     ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in HOST_PORT_VARIABLES})
     passwords: dict[str, str] = field(
@@ -80,6 +82,7 @@ class ComposeStack:
             "DOCKER_GITHUB_API_URL": "http://fake-github:9000",
             **{password_variable(user): password for user, password in self.passwords.items()},
             **{name: str(port) for name, port in self.ports.items()},
+            **self.variables,
         }
         self.env_file.write_text("".join(f"{name}={value}\n" for name, value in lines.items()))
         self.env_file.chmod(0o600)

@@ -32,15 +32,23 @@ STOPPED = "rabbitmq"
 # Reports in flight when the node stops, and more requested while it is down.
 BEFORE = int(os.environ.get("DEPLOY_CLUSTER_REPORTS_BEFORE", "20"))
 AFTER = int(os.environ.get("DEPLOY_CLUSTER_REPORTS_AFTER", "10"))
-# The fake GitHub answers this slowly, so that the reports are still on their way when the node stops.
-GITHUB_LATENCY_MS = 400
+# Each report with a reference date of its own, so that none is served from another's cached pages;
+# the fake GitHub slowed, and the fetchers' shared budget at two searches a second: the reports come
+# through one by one over a minute or so, and most are on their way when the node stops.
+GITHUB_LATENCY_MS = 1000
+GITHUB_RATE_LIMIT_PER_MINUTE = 120
 ENDED = ("exported", "failed")
 
 
 @pytest.fixture(scope="module")
 def cluster(engine: str, figures: Figures, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
     """The offline profile on three clustered nodes, every service healthy; removed with its volumes."""
-    stack = ComposeStack(tmp_path_factory.mktemp("cluster"), files=FILES, profiles=("offline", "cluster"))
+    stack = ComposeStack(
+        tmp_path_factory.mktemp("cluster"),
+        files=FILES,
+        profiles=("offline", "cluster"),
+        variables={"GITHUB_RATE_LIMIT_PER_MINUTE": str(GITHUB_RATE_LIMIT_PER_MINUTE)},
+    )
     figures.record("cluster: compose project", stack.project)
     try:
         stack.compose("build", timeout=1200)
@@ -71,13 +79,18 @@ def test_three_nodes_form_one_cluster_before_any_queue_is_declared(cluster: Comp
     assert {name: count for name, count in members.items() if count != len(NODES)} == {}
 
 
+def ref_date(index: int) -> str:
+    """A reference date of the report's own, its week within the fake GitHub's 45 days of repositories."""
+    return (dt.date.today() - dt.timedelta(days=1 + index)).isoformat()
+
+
 def address_of(key: str) -> str:
     return f"cluster-{key[:10]}@example.com"
 
 
-def request(stack: ComposeStack, ref_date: str, key: str, timeout: float = 180) -> str:
+def request(stack: ComposeStack, when: str, key: str, timeout: float = 180) -> str:
     """One report through the gateway; retried with the same Idempotency-Key while the broker fails over."""
-    order = {"period": "week", "ref_date": ref_date, "notify": address_of(key)}
+    order = {"period": "week", "ref_date": when, "notify": address_of(key)}
     seen: list[str] = []
 
     def accepted() -> str | None:
@@ -137,11 +150,9 @@ def test_a_node_stopped_mid_run_and_every_report_ends_once(cluster: ComposeStack
     stopped_at: float | None = None
     try:
         cluster.set_github_latency(GITHUB_LATENCY_MS)
-        # A reference date of its own, so that every page is fetched now, none comes from the cache.
-        ref_date = (dt.date.today() - dt.timedelta(days=17)).isoformat()
         started = time.monotonic()
         keys = [uuid.uuid4().hex for _ in range(BEFORE + AFTER)]
-        report_ids = [request(cluster, ref_date, key) for key in keys[:BEFORE]]
+        report_ids = [request(cluster, ref_date(i), key) for i, key in enumerate(keys[:BEFORE])]
 
         # Mid-run: some reports done, most still on their way.
         eventually(
@@ -156,7 +167,7 @@ def test_a_node_stopped_mid_run_and_every_report_ends_once(cluster: ComposeStack
         figures.record(
             "cluster: node stopped", f"{STOPPED} (`docker stop`) with {in_flight} of {BEFORE} reports in flight"
         )
-        report_ids += [request(cluster, ref_date, key) for key in keys[BEFORE:]]
+        report_ids += [request(cluster, ref_date(i), key) for i, key in enumerate(keys[BEFORE:], BEFORE)]
 
         last: dict[str, str] = {}
 
@@ -185,7 +196,7 @@ def test_a_node_stopped_mid_run_and_every_report_ends_once(cluster: ComposeStack
         assert running_nodes(cluster) == [f"rabbit@{node}" for node in NODES]
 
         # A report requested after everything else, ended: anything left of the others has passed by then.
-        sentinel = request(cluster, ref_date, uuid.uuid4().hex)
+        sentinel = request(cluster, ref_date(len(keys)), uuid.uuid4().hex)
         eventually(lambda: recorder.outcomes_by_report().get(sentinel), timeout=300, message="the sentinel's outcome")
         eventually(
             lambda: all(recorder.outcomes_by_report().get(r) for r in report_ids),
