@@ -15,8 +15,11 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from kombu.transport.native_delayed_delivery import level_name
 
-from infra.rabbitmq.definitions import ADMIN, VHOST
+from infra.rabbitmq.definitions import ADMIN, VHOST, principals
+from services.fetcher.topology import TASK_QUEUE
+from shared.topology import DELAY_LEVELS, SUBSCRIPTIONS
 from tests.deploy.conftest import Figures
 from tests.deploy.stack import UP, ComposeStack
 from tests.support.chaos import OutcomeRecorder
@@ -38,6 +41,8 @@ AFTER = int(os.environ.get("DEPLOY_CLUSTER_REPORTS_AFTER", "10"))
 GITHUB_LATENCY_MS = 1000
 GITHUB_RATE_LIMIT_PER_MINUTE = 120
 ENDED = ("exported", "failed")
+# The services that hold a connection all the time: a beat connects only to fire a run.
+CONSUMERS = set(principals()) - {"fetcher-beat"}
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +78,14 @@ def quorum_members(stack: ComposeStack) -> dict[str, int]:
 
 def test_three_nodes_form_one_cluster_before_any_queue_is_declared(cluster: ComposeStack, figures: Figures) -> None:
     assert running_nodes(cluster) == [f"rabbit@{node}" for node in NODES]
-    members = quorum_members(cluster)
-    assert members, "the services declared their queues"
+    # The management API lists a queue once the node has reported on it: wait for every one declared.
+    expected = {queue.name for subscription in SUBSCRIPTIONS for queue in subscription.all_queues()}
+    expected |= {TASK_QUEUE.name} | {level_name(level) for level in range(DELAY_LEVELS)}
+    members = eventually(
+        lambda: (found := quorum_members(cluster)).keys() >= expected and found,
+        timeout=120,
+        message=lambda: f"every queue listed; missing: {sorted(expected - quorum_members(cluster).keys())}",
+    )
     figures.record("cluster: quorum queues, each on three nodes", str(len(members)))
     assert {name: count for name, count in members.items() if count != len(NODES)} == {}
 
@@ -132,6 +143,14 @@ def restarts(stack: ComposeStack) -> dict[str, int]:
     }
 
 
+def service_users_connected(stack: ComposeStack) -> set[str]:
+    """The broker users with a connection, asked of a node that stays up."""
+    listed = docker(
+        "exec", stack.container_of("rabbitmq-2"), "rabbitmqctl", "-q", "list_connections", "user", "--formatter", "json"
+    )
+    return {str(connection["user"]) for connection in json.loads(listed or "[]")}
+
+
 def emails_per_address(stack: ComposeStack) -> dict[str, int]:
     listed = requests.get(f"{stack.mailpit}/api/v1/messages", params={"limit": 1000}, timeout=30).json()["messages"]
     found: dict[str, int] = {}
@@ -168,6 +187,13 @@ def test_a_node_stopped_mid_run_and_every_report_ends_once(cluster: ComposeStack
             "cluster: node stopped", f"{STOPPED} (`docker stop`) with {in_flight} of {BEFORE} reports in flight"
         )
         report_ids += [request(cluster, ref_date(i), key) for i, key in enumerate(keys[BEFORE:], BEFORE)]
+        # Every consuming service back on the broker through the nodes left, as a node left sees it.
+        users = eventually(
+            lambda: (found := service_users_connected(cluster)) >= CONSUMERS and found,
+            timeout=120,
+            message=lambda: f"every service connected while {STOPPED} is down: {service_users_connected(cluster)}",
+        )
+        figures.record("cluster: users connected while the node was down", ", ".join(sorted(users)))
 
         last: dict[str, str] = {}
 
