@@ -59,6 +59,11 @@ class ComposeStack:
     """`docker compose` for this project, with an environment generated here: the user's .env is never read."""
 
     workdir: Path
+    # The compose files, layered in this order (none: compose.yaml alone), and the profiles.
+    files: tuple[str, ...] = ()
+    profiles: tuple[str, ...] = ("offline",)
+    # More of compose's variables, e.g. a setting the services read.
+    variables: dict[str, str] = field(default_factory=dict)
     project: str = field(default_factory=lambda: f"hotrepos-deploy-{uuid.uuid4().hex[:8]}")
     ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in HOST_PORT_VARIABLES})
     passwords: dict[str, str] = field(
@@ -71,10 +76,13 @@ class ComposeStack:
         self.env_file = self.workdir / "compose.env"
         lines = {
             "COMPOSE_PROJECT_NAME": self.project,
-            "COMPOSE_PROFILES": "offline",
+            "COMPOSE_PROFILES": ",".join(self.profiles),
+            # Read by the cluster's nodes only (compose.cluster.yaml).
+            "RABBITMQ_ERLANG_COOKIE": secrets.token_hex(32),
             "DOCKER_GITHUB_API_URL": "http://fake-github:9000",
             **{password_variable(user): password for user, password in self.passwords.items()},
             **{name: str(port) for name, port in self.ports.items()},
+            **self.variables,
         }
         self.env_file.write_text("".join(f"{name}={value}\n" for name, value in lines.items()))
         self.env_file.chmod(0o600)
@@ -86,7 +94,16 @@ class ComposeStack:
         }
         env["DOCKER_BUILDKIT"] = "0"  # the classic builder uses the engine's local base images and never pulls
         done = subprocess.run(
-            ["docker", "compose", "--project-directory", str(ROOT), "--env-file", str(self.env_file), *args],
+            [
+                "docker",
+                "compose",
+                "--project-directory",
+                str(ROOT),
+                "--env-file",
+                str(self.env_file),
+                *(option for name in self.files for option in ("-f", name)),
+                *args,
+            ],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -98,11 +115,16 @@ class ComposeStack:
         return done
 
     def services(self) -> list[str]:
-        """The services `up` starts: those of the active profile (offline), not the cli's or observability's."""
+        """The services `up` starts: those of the active profiles, not the cli's or observability's."""
         return self.compose("config", "--services").stdout.split()
 
     def expected_containers(self, fetchers: int = 1) -> int:
-        return len(self.services()) + fetchers - 1
+        """Containers `up` starts: one per service, `deploy.replicas` for those that say (the beats)."""
+        config = json.loads(self.compose("config", "--format", "json").stdout)
+        replicas = {
+            name: int((spec.get("deploy") or {}).get("replicas") or 1) for name, spec in config["services"].items()
+        }
+        return sum(replicas.values()) + fetchers - replicas.get("fetcher", 1)
 
     def containers(self) -> list[dict[str, Any]]:
         """Every container of the project, stopped ones too, as `docker compose ps` describes them."""
@@ -148,6 +170,19 @@ class ComposeStack:
         return subprocess.run(
             ["docker", "inspect", "-f", template, container], capture_output=True, text=True, check=True, timeout=60
         ).stdout.strip()
+
+    def set_github_latency(self, latency_ms: int) -> None:
+        """The fake GitHub's own control API, from inside its container (its port is not published)."""
+        self.compose(
+            "exec",
+            "-T",
+            "fake-github",
+            "python",
+            "-c",
+            "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request("
+            "'http://127.0.0.1:9000/_fake/config', data=sys.argv[1].encode(), method='POST'), timeout=10)",
+            json.dumps({"latency_ms": latency_ms}),
+        )
 
     @property
     def gateway(self) -> str:

@@ -99,20 +99,6 @@ def short(container: str) -> str:
     return "-".join(container.rsplit("-", 2)[-2:])
 
 
-def set_github_latency(stack: ComposeStack, latency_ms: int) -> None:
-    """The fake GitHub's own control API, from inside its container (its port is not published)."""
-    stack.compose(
-        "exec",
-        "-T",
-        "fake-github",
-        "python",
-        "-c",
-        "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request("
-        "'http://127.0.0.1:9000/_fake/config', data=sys.argv[1].encode(), method='POST'), timeout=10)",
-        json.dumps({"latency_ms": latency_ms}),
-    )
-
-
 def scale_fetchers(stack: ComposeStack, count: int) -> float:
     """Seconds until `count` fetchers are healthy and each consumes both of the fetcher's queues."""
     started = time.monotonic()
@@ -142,10 +128,13 @@ def pages_by_fetcher(stack: ComposeStack, report_id: str) -> dict[str, set[int]]
     return dict(pages)
 
 
-def test_compose_resolves_both_files_with_every_profile(stack: ComposeStack) -> None:
-    files = ("-f", "compose.yaml", "-f", "compose.tls.yaml")
-    profiles = ("--profile", "offline", "--profile", "observability", "--profile", "cli")
-    stack.compose(*files, *profiles, "config", "--quiet")
+def test_compose_resolves_every_file_with_every_profile(stack: ComposeStack) -> None:
+    profiles = ("--profile", "offline", "--profile", "observability", "--profile", "cli", "--profile", "cluster")
+    for overlay in ("compose.tls.yaml", "compose.cluster.yaml"):
+        stack.compose("-f", "compose.yaml", "-f", overlay, *profiles, "config", "--quiet")
+    stack.compose(
+        "-f", "compose.yaml", "-f", "compose.cluster.yaml", "-f", "compose.tls.yaml", *profiles, "config", "--quiet"
+    )
 
 
 def test_the_image_is_built_once_and_runs_as_hotrepos_with_its_locked_dependencies(
@@ -227,7 +216,7 @@ def test_a_fetcher_crashed_mid_report_restarts_and_the_report_ends_once(stack: C
     scale_fetchers(stack, FETCHERS)
     outcomes = EventListener(stack.amqp_url(OPERATOR), "report.#")
     try:
-        set_github_latency(stack, SLOW_GITHUB_MS)
+        stack.set_github_latency(SLOW_GITHUB_MS)
         started = time.monotonic()
         # A reference date of its own: no page of it in the fetchers' shared cache, each one fetched now.
         report_id, address = request_report(stack, "week", (dt.date.today() - dt.timedelta(days=10)).isoformat())
@@ -244,7 +233,7 @@ def test_a_fetcher_crashed_mid_report_restarts_and_the_report_ends_once(stack: C
         # A crash, not a stop: Docker treats `docker kill` as a manual stop and would not restart the container.
         os.kill(pid, signal.SIGKILL)
         crashed = time.monotonic()
-        set_github_latency(stack, 0)
+        stack.set_github_latency(0)
 
         def restarted() -> bool:
             state = stack.inspect(victim, "{{.RestartCount}} {{.State.Running}} {{.State.Health.Status}}").split()
@@ -276,7 +265,7 @@ def test_a_fetcher_crashed_mid_report_restarts_and_the_report_ends_once(stack: C
             f"{stack.inspect(victim, '{{.RestartCount}}')}); report exported once, one email",
         )
     finally:
-        set_github_latency(stack, 0)
+        stack.set_github_latency(0)
         outcomes.close()
 
 

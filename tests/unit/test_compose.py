@@ -32,7 +32,11 @@ from shared.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "tests" / "support" / "compose-spec.json").read_text())
-COMPOSE_FILES = ("compose.yaml", "compose.tls.yaml")
+COMPOSE_FILES = ("compose.yaml", "compose.tls.yaml", "compose.cluster.yaml")
+# The cluster's two extra nodes publish nothing: the first node's ports and management UI cover the cluster.
+PUBLISHING_FILES = ("compose.yaml", "compose.tls.yaml")
+CLUSTER_CONF = ROOT / "infra" / "rabbitmq" / "cluster.conf"
+CLUSTER_SCRIPT = ROOT / "infra" / "rabbitmq" / "cluster-node.sh"
 IMAGE = "hotrepos:local"
 # Started by `docker compose run`, never by `up`: the command line, as the operator.
 RUN_ONLY = {"cli"}
@@ -162,7 +166,7 @@ def test_one_service_builds_the_image_and_the_others_never_pull_it(services: dic
         assert name == "fake-github" or "rabbitmq" in services[name]["depends_on"], name
 
 
-@pytest.mark.parametrize("name", COMPOSE_FILES)
+@pytest.mark.parametrize("name", PUBLISHING_FILES)
 def test_every_published_host_port_comes_from_a_variable_defaulting_to_the_port(name: str) -> None:
     published = [
         (service, port) for service, spec in load(name)["services"].items() for port in (spec or {}).get("ports", ())
@@ -224,3 +228,95 @@ def test_definitions_json_is_generated_from_the_contract() -> None:
 
 def test_the_compose_guide_shows_the_generated_users_table() -> None:
     assert users_table() in (ROOT / "docs" / "compose.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# The broker cluster: compose.cluster.yaml on top of compose.yaml, with the profile "cluster"
+
+
+def cluster_members() -> list[str]:
+    """The node names infra/rabbitmq/cluster.conf lists, in its order."""
+    found = re.findall(r"^cluster_formation\.classic_config\.nodes\.\d+ *= *(\S+)$", CLUSTER_CONF.read_text(), re.M)
+    return list(found)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = load("compose.cluster.yaml")["services"]
+    return found
+
+
+def cluster_nodes(services: dict[str, dict[str, Any]], cluster: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each broker node's compose service and its host name, base and overlay merged."""
+    nodes = {}
+    for name, spec in cluster.items():
+        merged = {**services.get(name, {}), **spec}
+        if str(merged.get("image", "")).startswith("rabbitmq:"):
+            nodes[name] = merged["hostname"]
+    return nodes
+
+
+def test_the_cluster_is_three_nodes_with_the_names_cluster_conf_lists(
+    services: dict[str, dict[str, Any]], cluster: dict[str, dict[str, Any]]
+) -> None:
+    assert "cluster_formation.peer_discovery_backend = classic_config" in CLUSTER_CONF.read_text()
+    nodes = cluster_nodes(services, cluster)
+    assert list(nodes) == ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
+    # A node's name decides where its data is: a host name that changed would start a blank node.
+    assert cluster_members() == [f"rabbit@{host}" for host in nodes.values()]
+    # The first is compose.yaml's own broker, clustered; the profile starts the two others.
+    assert "profiles" not in cluster["rabbitmq"]
+    for name in ("rabbitmq-2", "rabbitmq-3"):
+        assert cluster[name]["profiles"] == ["cluster"]
+
+
+def test_every_node_shares_the_cookie_the_settings_and_the_users_but_not_its_data(
+    services: dict[str, dict[str, Any]], cluster: dict[str, dict[str, Any]]
+) -> None:
+    script = CLUSTER_SCRIPT.read_text()
+    conf_target = re.search(r"^CLUSTER_CONF=(\S+)$", script, re.M)
+    assert conf_target is not None
+    data_volumes = set()
+    for name in cluster_nodes(services, cluster):
+        spec = cluster[name]
+        mounts = {*services.get(name, {}).get("volumes", ()), *spec["volumes"]}
+        targets = {mount.split(":")[1]: mount.split(":")[0] for mount in mounts}
+        assert targets[conf_target[1]] == "./infra/rabbitmq/cluster.conf", name
+        assert targets["/etc/rabbitmq/conf.d/20-hotrepos.conf"] == "./infra/rabbitmq/rabbitmq.conf", name
+        assert targets["/etc/rabbitmq/hotrepos"] == "broker-definitions", name
+        script_target = next(target for target, source in targets.items() if source.endswith("cluster-node.sh"))
+        assert spec["command"] == ["sh", script_target, "start"], name
+        assert spec["healthcheck"]["test"] == ["CMD", "sh", script_target, "healthy"], name
+        assert spec["environment"]["HOTREPOS_ERLANG_COOKIE"].startswith("${RABBITMQ_ERLANG_COOKIE:?"), name
+        # Each node's definitions come from the one-shot; no node waits for another in compose, so a
+        # node with data that comes back first is never held behind one that waits for it.
+        assert set(spec["depends_on"]) == {"rabbitmq-init"}, name
+        data_volumes.add(targets["/var/lib/rabbitmq"])
+    assert len(data_volumes) == 3
+
+
+def test_in_the_cluster_every_service_has_every_node_and_waits_for_all_three(
+    services: dict[str, dict[str, Any]], cluster: dict[str, dict[str, Any]]
+) -> None:
+    hosts = list(cluster_nodes(services, cluster).values())
+    with_broker = {name for name, spec in services.items() if "AMQP_URL" in (spec.get("environment") or {})}
+    assert with_broker <= set(cluster)
+    for name in with_broker:
+        single = services[name]["environment"]["AMQP_URL"]
+        failover = cluster[name]["environment"]["AMQP_URL"]
+        assert failover == ";".join(single.replace("@rabbitmq:", f"@{host}:") for host in hosts), name
+        assert cluster[name]["depends_on"] == {host: {"condition": "service_healthy"} for host in hosts}, name
+
+
+def test_the_services_settings_accept_the_clusters_failover_url(cluster: dict[str, dict[str, Any]]) -> None:
+    url = re.sub(
+        r"\$\{(\w+):[-?][^}]*\}",
+        lambda m: {"AMQP_SCHEME": "amqp", "AMQP_PORT": "5672"}.get(m[1], "secret"),
+        cluster["fetcher"]["environment"]["AMQP_URL"],
+    )
+    settings = CommonSettings(amqp_url=url)
+    assert [part.split("@")[1].split("/")[0] for part in settings.amqp_url.split(";")] == [
+        "rabbitmq:5672",
+        "rabbitmq-2:5672",
+        "rabbitmq-3:5672",
+    ]
