@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 from pydantic import Field
 
 from services.fetcher.search import (
@@ -30,6 +31,8 @@ from shared.events import (
     since_date,
 )
 from shared.handling import EventMeta, Outgoing, RetryLater
+
+log = structlog.get_logger("hotrepos.fetcher")
 
 # The fetcher's own message, never seen outside it: one page to fetch, carried by a Celery task.
 FETCH_PAGE = "fetcher.fetch_page"
@@ -123,6 +126,8 @@ def fetch_page(
         return [_failed(event, f"{exc} (gave up after {attempt + 1} attempts)")]
     except PermanentGitHubError as exc:
         return [_failed(event, str(exc))]
+    # Which replica fetched which page, and what came back: the one trace of a page in the fetcher's log.
+    log.info("page.fetched", page=event.page, items=len(result.items), incomplete=incomplete)
     page = ReportPageFetched(
         report_id=event.report_id,
         page=event.page,

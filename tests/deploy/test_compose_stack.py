@@ -123,7 +123,7 @@ def pages_by_fetcher(stack: ComposeStack, report_id: str) -> dict[str, set[int]]
             entry = json.loads(text)
         except ValueError:
             continue
-        if entry.get("event") == "fetch.done" and entry.get("report_id") == report_id:
+        if entry.get("event") == "page.fetched" and entry.get("report_id") == report_id:
             pages[CONTROL_SEQUENCE.sub("", prefix).strip()].add(int(entry["page"]))
     return dict(pages)
 
