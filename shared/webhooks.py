@@ -16,13 +16,14 @@ import secrets
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Protocol, TypeVar
+from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_settings import NoDecode
 
 from shared.events import EventData, ReportId, derived_event_id
+from shared.stored import decode_stored
 
 # The events a subscriber may ask for: a report's outcome, exported or failed.
 WebhookEventType = Literal["report.exported", "report.failed"]
@@ -150,10 +151,10 @@ class RedisWebhookSubscriptions:
         self._redis.hset(_SUBSCRIPTIONS_KEY, subscription.id, subscription.model_dump_json())
 
     def get(self, subscription_id: str) -> WebhookSubscription | None:
-        return _decode(WebhookSubscription, self._redis.hget(_SUBSCRIPTIONS_KEY, subscription_id))
+        return decode_stored(WebhookSubscription, self._redis.hget(_SUBSCRIPTIONS_KEY, subscription_id))
 
     def all(self) -> list[WebhookSubscription]:
-        found = (_decode(WebhookSubscription, raw) for raw in self._redis.hvals(_SUBSCRIPTIONS_KEY))
+        found = (decode_stored(WebhookSubscription, raw) for raw in self._redis.hvals(_SUBSCRIPTIONS_KEY))
         return sorted((s for s in found if s is not None), key=lambda s: (s.created_at, s.id))
 
     def delete(self, subscription_id: str) -> bool:
@@ -173,7 +174,7 @@ class RedisDeliveryRecords:
         self._ttl = ttl_seconds
 
     def get(self, subscription_id: str, event_id: str) -> DeliveryRecord | None:
-        return _decode(DeliveryRecord, self._redis.hget(_records_key(subscription_id), event_id))
+        return decode_stored(DeliveryRecord, self._redis.hget(_records_key(subscription_id), event_id))
 
     def save(self, subscription_id: str, record: DeliveryRecord) -> None:
         records, order = _records_key(subscription_id), _order_key(subscription_id)
@@ -194,7 +195,7 @@ class RedisDeliveryRecords:
         ids = self._redis.zrevrange(_order_key(subscription_id), 0, max(0, limit - 1))
         if not ids:
             return []
-        found = (_decode(DeliveryRecord, raw) for raw in self._redis.hmget(_records_key(subscription_id), ids))
+        found = (decode_stored(DeliveryRecord, raw) for raw in self._redis.hmget(_records_key(subscription_id), ids))
         return [record for record in found if record is not None]
 
     def start_sending(self, subscription_id: str, event_id: str, lease_seconds: float) -> bool:
@@ -203,18 +204,6 @@ class RedisDeliveryRecords:
 
     def done_sending(self, subscription_id: str, event_id: str) -> None:
         self._redis.delete(_lease_key(subscription_id, event_id))
-
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def _decode(model: type[ModelT], raw: bytes | str | None) -> ModelT | None:
-    if raw is None:
-        return None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError:
-        return None  # written by an incompatible version: as if it were not there
 
 
 # --- The URL guard --------------------------------------------------------------------------------

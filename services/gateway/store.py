@@ -5,11 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
 from shared.events import EventData, report_id_of
 from shared.handling import EventMeta
 from shared.progress import ReportStatus, apply_event
+from shared.stored import decode_stored
 
 STATUS_TTL_SECONDS = 30 * 24 * 3600
 HISTORY_KEY = "hotrepos:gateway:reports"
@@ -32,12 +31,7 @@ def progress_channel(report_id: str) -> str:
 
 
 def decode_status(raw: bytes | str | None) -> ReportStatus | None:
-    if raw is None:
-        return None
-    try:
-        return ReportStatus.model_validate_json(raw)
-    except ValidationError:
-        return None  # written by an incompatible version: treat as unknown rather than crash
+    return decode_stored(ReportStatus, raw)
 
 
 class RedisReportStatuses:
