@@ -45,8 +45,17 @@ class FakeGitHubProcess:
         assert self._process is not None
         return self._process.pid
 
-    def configure(self, *, latency_ms: int, rate_limit_per_minute: int | None) -> None:
-        self._post("config", {"latency_ms": latency_ms, "rate_limit_per_minute": rate_limit_per_minute})
+    def configure(
+        self, *, latency_ms: int, rate_limit_per_minute: int | None, rate_limit_window_seconds: float = 60.0
+    ) -> None:
+        self._post(
+            "config",
+            {
+                "latency_ms": latency_ms,
+                "rate_limit_per_minute": rate_limit_per_minute,
+                "rate_limit_window_seconds": rate_limit_window_seconds,
+            },
+        )
 
     def reset(self) -> None:
         """Zero the counters and the rate-limit windows."""

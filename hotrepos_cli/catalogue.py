@@ -26,6 +26,7 @@ from shared.events import (
     ReportExported,
     ReportFailed,
     ReportPageFetched,
+    ReportQueued,
     ReportRequested,
     ReportSpec,
     Repository,
@@ -87,6 +88,7 @@ EXAMPLES: dict[str, EventData] = {
     "report.requested": ReportRequested(
         report_id=_REPORT_ID, period="week", ref_date=dt.date(2026, 11, 22), notify="reader@example.com"
     ),
+    "report.queued": ReportQueued(report_id=_REPORT_ID, priority="interactive", position=3, eta_seconds=42.0),
     "report.page.fetched": ReportPageFetched(report_id=_REPORT_ID, page=1, pages=5, spec=_SPEC, items=[_REPOSITORY]),
     "report.aggregated": ReportAggregated(
         report_id=_REPORT_ID,

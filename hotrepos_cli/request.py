@@ -19,6 +19,7 @@ from shared.amqp import connect
 from shared.context import EventContext, event_scope
 from shared.events import (
     PAGES_PER_REPORT,
+    PRIORITIES,
     EventData,
     Layout,
     Locale,
@@ -32,7 +33,7 @@ from shared.progress import ReportStatus, apply_event
 from shared.publisher import Publisher
 from shared.settings import CommonSettings, load_settings
 
-FOLLOWED = ("report.page.fetched", "report.aggregated", "report.exported", "report.failed")
+FOLLOWED = ("report.queued", "report.page.fetched", "report.aggregated", "report.exported", "report.failed")
 EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT = 1, 2, 3
 _locales: TypeAdapter[str] = TypeAdapter(Locale)
 
@@ -108,7 +109,12 @@ class _Display:
 
 def _order(args: argparse.Namespace, report_id: str) -> tuple[ReportRequested, str | None]:
     order = ReportRequested(
-        report_id=report_id, period=args.period, ref_date=args.ref_date, notify=args.notify, layout=args.layout
+        report_id=report_id,
+        period=args.period,
+        ref_date=args.ref_date,
+        notify=args.notify,
+        layout=args.layout,
+        priority=args.priority,
     )
     return order, _locales.validate_python(args.locale) if args.locale else None
 
@@ -178,6 +184,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--notify", help="email the report to this address")
     parser.add_argument("--locale", help="language of the email, BCP 47 (en, fr, de, es)")
     parser.add_argument("--layout", choices=get_args(Layout), default="rows")
+    parser.add_argument(
+        "--priority",
+        choices=PRIORITIES,
+        default="interactive",
+        help="place in line for GitHub's budget: interactive (default), scheduled, or bulk for batch jobs",
+    )
     parser.add_argument("--wait", action="store_true", help="follow the report and print the CSV's path")
     parser.add_argument("--timeout", type=float, default=600, help="seconds --wait waits (default 600)")
     parser.set_defaults(handler=request)

@@ -29,6 +29,7 @@ from shared.amqp import connect, declare_when_reachable
 from shared.consumer import QueueConsumer, ServiceConsumer
 from shared.control import RedisCancellations, handle_report_cancel_requested
 from shared.dedup import RedisProcessedEvents
+from shared.handling import Cancellations
 from shared.logging import configure_logging
 from shared.observability import ObservabilityServer, start_observability
 from shared.outcomes import OutcomePublisher, RedisOutcomeLedger
@@ -81,9 +82,13 @@ class Service:
             broadcast=broadcast,
         )
 
-    def queue_consumers(self, routes: RouteTable) -> list[QueueConsumer]:
-        """Each queue with its pipeline, the replica's own control queue included; declared on the broker."""
-        routes = {**routes, **self._control_routes()}
+    def queue_consumers(self, routes: RouteTable, *, cancellations: Cancellations | None = None) -> list[QueueConsumer]:
+        """Each queue with its pipeline, the replica's own control queue included; declared on the broker.
+
+        A service whose cancel does more than remember (the fetcher takes the report out of the line
+        for GitHub's budget) gives its own cancellations for the control queue.
+        """
+        routes = {**routes, **self._control_routes(cancellations or self.cancellations)}
         declare_when_reachable(self.connection, routes)
         return [
             QueueConsumer(
@@ -114,11 +119,11 @@ class Service:
         logging.shutdown()
         log.info("service.stopped")
 
-    def _control_routes(self) -> dict[Subscription, dict[str, Route]]:
+    def _control_routes(self, cancellations: Cancellations) -> dict[Subscription, dict[str, Route]]:
         """Each replica's exclusive queue on hotrepos.control, handled like any other."""
         cancel = partial(
             handle_report_cancel_requested,
-            cancellations=self.cancellations,
+            cancellations=cancellations,
             may_fail_reports="report.failed" in PUBLISHES.get(self.name, ()),
         )
         return {control_of(self.name): {"report.cancel.requested": Route(cancel)}}

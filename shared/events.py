@@ -25,6 +25,9 @@ ITEMS_PER_PAGE = 100
 
 Period = Literal["day", "week", "month"]
 Layout = Literal["rows", "by-language"]
+# Who waits for GitHub's budget first: a person, then the schedule, then bulk jobs.
+Priority = Literal["interactive", "scheduled", "bulk"]
+PRIORITIES: tuple[Priority, ...] = ("interactive", "scheduled", "bulk")
 PERIOD_DAYS: dict[str, int] = {"day": 1, "week": 7, "month": 30}
 UNKNOWN_LANGUAGE = "Unknown"
 
@@ -74,6 +77,11 @@ class ReportRequested(EventData):
     ref_date: dt.date | None = Field(default=None, description="Defaults to today in UTC")
     notify: EmailStr | None = None
     layout: Layout = "rows"
+    priority: Priority = Field(
+        default="interactive",
+        description="Order in which reports waiting for GitHub's search budget are served: interactive "
+        "(a person waits), then scheduled, then bulk",
+    )
 
 
 class Repository(EventData):
@@ -87,6 +95,17 @@ class Repository(EventData):
     stargazers_count: int = Field(ge=0)
     forks_count: int = Field(ge=0)
     created_at: str = Field(max_length=40)
+
+
+class ReportQueued(EventData):
+    """A report waits for GitHub's search budget: where it stands in line, and about how long it waits."""
+
+    report_id: ReportId
+    priority: Priority
+    position: int = Field(ge=0, description="Reports served before this one")
+    eta_seconds: float = Field(
+        ge=0, description="About how long until its last waiting page gets budget, from the budget's real rate"
+    )
 
 
 class ReportPageFetched(EventData):
@@ -171,6 +190,7 @@ class ReportCancelRequested(EventData):
 
 EVENT_TYPES: dict[str, type[EventData]] = {
     "report.requested": ReportRequested,
+    "report.queued": ReportQueued,
     "report.page.fetched": ReportPageFetched,
     "report.aggregated": ReportAggregated,
     "report.exported": ReportExported,

@@ -50,11 +50,24 @@ HandlerResult = Iterable[EventData | Outgoing] | None
 
 
 class RetryLater(Exception):
-    """The work cannot be done now (a dependency is down) but will succeed later."""
+    """The work cannot be done now (a dependency is down, a budget is spent) but will succeed later.
 
-    def __init__(self, reason: str, delay: float | None = None) -> None:
+    A wait that is not a failure (its turn has not come) does not count against the retry limit
+    (`counts=False`), and may tell the world meanwhile (`publish`, events published before the retry).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        delay: float | None = None,
+        *,
+        counts: bool = True,
+        publish: Iterable[EventData | Outgoing] = (),
+    ) -> None:
         super().__init__(reason)
         self.delay = delay
+        self.counts = counts
+        self.publish = list(publish)
 
 
 class Rejected(Exception):

@@ -99,8 +99,11 @@ class Ack:
 @dataclass(frozen=True)
 class RetryAfter:
     delay: float
-    retries: int  # the retry this will be, counting from 1
+    # Retries counted before the next attempt: one more than the delivery's, or as many for a wait
+    # that does not count.
+    retries: int
     reason: str
+    counted: bool = True
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ class DeliveryPipeline:
             if isinstance(verdict, DeadLetter):
                 self._give_up(event, route, report_id, data, verdict)
             outcome = _OUTCOME_LABEL[type(verdict)] if published is not None else "duplicate"
+            if isinstance(verdict, RetryAfter) and not verdict.counted:
+                outcome = "waiting"
             metrics.EVENTS_CONSUMED.labels(type=event.type, outcome=outcome).inc()
             if isinstance(verdict, Ack) and published is not None:
                 metrics.HANDLER_SECONDS.labels(type=event.type).observe(time.perf_counter() - started)
@@ -211,7 +216,14 @@ class DeliveryPipeline:
         except Rejected as exc:
             return DeadLetter(str(exc)), []
         except RetryLater as exc:
-            return self._retry(delivery, str(exc), exc.delay), []
+            waiting = [_outgoing(item) for item in exc.publish]
+            try:
+                for item in waiting:
+                    self._publish(item)
+            except Exception as publish_error:
+                # Telling is a courtesy of the wait: the retry it announces still has to happen.
+                self._log.warning("retry.notice_not_published", error=str(publish_error))
+            return self._retry(delivery, str(exc), exc.delay, counts=exc.counts), waiting
         except self.transient_errors as exc:
             return self._retry(delivery, f"{type(exc).__name__}: {exc}", None), []
         except Exception as exc:
@@ -234,15 +246,15 @@ class DeliveryPipeline:
                 self._log.warning("dedup.not_recorded", error=str(exc))
         return Ack(), outgoing
 
-    def _retry(self, delivery: Delivery, reason: str, delay: float | None) -> Verdict:
+    def _retry(self, delivery: Delivery, reason: str, delay: float | None, *, counts: bool = True) -> Verdict:
         if self.broadcast:
             return DeadLetter(f"cannot retry a broadcast later: {reason}")
-        retries = delivery.retries + 1
+        retries = delivery.retries + 1 if counts else delivery.retries
         if retries > self.max_retries:
             return DeadLetter(f"gave up after {self.max_retries} retries: {reason}")
         if delay is None:
             delay = min(self.retry_max_delay, self.retry_base_delay * 2 ** (retries - 1))
-        return RetryAfter(max(delay, 0.001), retries, reason)
+        return RetryAfter(max(delay, 0.001), retries, reason, counted=counts)
 
     def _crashed(self, delivery: Delivery, reason: str) -> Verdict:
         # A broadcast queue has no delivery limit: requeueing would loop for ever.
@@ -327,7 +339,10 @@ class DeliveryPipeline:
             structlog.contextvars.unbind_contextvars("event_type", "event_id", "correlation_id", "report_id")
 
     def _log_verdict(self, event: CloudEvent, verdict: RetryAfter | Requeue | DeadLetter) -> None:
-        if isinstance(verdict, RetryAfter):
+        if isinstance(verdict, RetryAfter) and not verdict.counted:
+            # Waiting one's turn is the system working as meant: no warning, no alert.
+            self._log.info("message.waiting", reason=verdict.reason, delay=verdict.delay)
+        elif isinstance(verdict, RetryAfter):
             self._log.warning(
                 "message.retry_later", reason=verdict.reason, retries=verdict.retries, delay=verdict.delay
             )

@@ -19,10 +19,12 @@ from shared.events import (
     LanguageCount,
     Layout,
     Period,
+    Priority,
     ReportAggregated,
     ReportExported,
     ReportFailed,
     ReportPageFetched,
+    ReportQueued,
     ReportRequested,
     ReportSpec,
     report_id_of,
@@ -36,6 +38,19 @@ STATE_RANK: dict[str, int] = {"requested": 0, "fetching": 1, "aggregated": 2, "e
 TERMINAL_STATES = frozenset({"exported", "failed"})
 
 
+class QueuePlace(BaseModel):
+    """Where a report waiting for GitHub's budget stands: reports served before it, and about how long."""
+
+    model_config = ConfigDict(frozen=True)
+
+    position: int
+    eta_seconds: float
+    at: dt.datetime
+
+    def describe(self) -> str:
+        return f"waiting for GitHub: {self.position} ahead, about {round(self.eta_seconds)} s"
+
+
 class ProgressStep(BaseModel):
     """One visible change of a report's progress: what the SSE stream sends, in order."""
 
@@ -46,6 +61,7 @@ class ProgressStep(BaseModel):
     at: dt.datetime
     pages_fetched: int = 0
     pages: int = PAGES_PER_REPORT
+    queue: QueuePlace | None = None
 
 
 class ReportStatus(BaseModel):
@@ -62,6 +78,9 @@ class ReportStatus(BaseModel):
     since: dt.date | None = None
     layout: Layout | None = None
     locale: str | None = None
+    priority: Priority | None = None
+    # Set while the report waits for GitHub's budget, from its latest report.queued.
+    queue: QueuePlace | None = None
     pages: int = PAGES_PER_REPORT
     fetched_pages: tuple[int, ...] = ()
     repositories: int | None = None
@@ -102,6 +121,9 @@ class ReportStatus(BaseModel):
             return f"failed at {self.failed_stage}: {self.failure_reason}"
         if self.state == "aggregated":
             return f"aggregated: {self.repositories} repositories, writing the CSV"
+        if self.queue is not None:
+            fetched = f"page {len(self.fetched_pages)} of {self.pages}; " if self.fetched_pages else ""
+            return f"{fetched}{self.queue.describe()}"
         if self.fetched_pages:
             return f"fetching: page {len(self.fetched_pages)} of {self.pages}"
         return "requested"
@@ -112,10 +134,26 @@ Change = tuple[dict[str, Any], ReportState | None]
 
 
 def fold_report_requested(status: ReportStatus, data: ReportRequested, meta: EventMeta, fresh: bool) -> Change:
-    changes = _fill(status, period=data.period, ref_date=data.ref_date, layout=data.layout, locale=meta.locale)
+    changes = _fill(
+        status,
+        period=data.period,
+        ref_date=data.ref_date,
+        layout=data.layout,
+        locale=meta.locale,
+        priority=data.priority,
+    )
     if data.ref_date is not None and status.since is None:
         changes["since"] = since_date(data.period, data.ref_date)
     return changes, "requested" if fresh else None
+
+
+def fold_report_queued(status: ReportStatus, data: ReportQueued, meta: EventMeta, fresh: bool) -> Change:
+    changes = _fill(status, priority=data.priority)
+    at = meta.time or status.updated_at
+    # A place in line older than what is known since (a page fetched later) is no longer news.
+    if status.state in ("requested", "fetching") and (fresh or at >= status.updated_at):
+        changes["queue"] = QueuePlace(position=data.position, eta_seconds=data.eta_seconds, at=at)
+    return changes, None
 
 
 def fold_report_page_fetched(status: ReportStatus, data: ReportPageFetched, meta: EventMeta, fresh: bool) -> Change:
@@ -124,6 +162,7 @@ def fold_report_page_fetched(status: ReportStatus, data: ReportPageFetched, meta
         return changes, None
     changes["fetched_pages"] = tuple(sorted({*status.fetched_pages, data.page}))
     changes["pages"] = data.pages
+    changes["queue"] = None
     return changes, "fetching"
 
 
@@ -134,6 +173,7 @@ def fold_report_aggregated(status: ReportStatus, data: ReportAggregated, meta: E
         LanguageCount(language=group.language, count=len(group.repositories)) for group in data.languages
     )
     changes["incomplete_pages"] = tuple(data.incomplete_pages)
+    changes["queue"] = None
     return changes, "aggregated"
 
 
@@ -147,6 +187,7 @@ def fold_report_exported(status: ReportStatus, data: ReportExported, meta: Event
         path=data.path,
         layout=data.layout,
         incomplete_pages=tuple(data.incomplete_pages),
+        queue=None,
     )
     if not status.languages:
         changes["languages"] = tuple(data.top_languages)
@@ -156,13 +197,14 @@ def fold_report_exported(status: ReportStatus, data: ReportExported, meta: Event
 def fold_report_failed(status: ReportStatus, data: ReportFailed, meta: EventMeta, fresh: bool) -> Change:
     changes = _fill_spec(status, data.spec) if data.spec is not None else {}
     if not status.terminal:
-        changes.update(failed_stage=data.stage, failure_reason=data.reason)
+        changes.update(failed_stage=data.stage, failure_reason=data.reason, queue=None)
     return changes, "failed"
 
 
 Fold = Callable[[ReportStatus, Any, EventMeta, bool], Change]
 FOLDS: dict[type[EventData], Fold] = {
     ReportRequested: fold_report_requested,
+    ReportQueued: fold_report_queued,
     ReportPageFetched: fold_report_page_fetched,
     ReportAggregated: fold_report_aggregated,
     ReportExported: fold_report_exported,
@@ -190,15 +232,21 @@ def apply_event(
         return status
     updated = status.model_copy(update={**changes, "updated_at": max(status.updated_at, at)})
     another_page = "fetched_pages" in changes and updated.state == "fetching"
-    if fresh or "state" in changes or another_page:
+    if fresh or "state" in changes or another_page or "queue" in changes:
         step = ProgressStep(
             seq=status.last_seq + 1,
             state=updated.state,
             at=at,
             pages_fetched=updated.pages_fetched,
             pages=updated.pages,
+            queue=updated.queue,
         )
-        updated = updated.model_copy(update={"progress": (*status.progress, step)})
+        steps = status.progress
+        # A newer place in line replaces the one before it: a long wait keeps one step, not hundreds.
+        moved_in_line = not (fresh or "state" in changes or another_page)
+        if moved_in_line and steps and steps[-1].queue is not None and steps[-1].state == step.state:
+            steps = steps[:-1]
+        updated = updated.model_copy(update={"progress": (*steps, step)})
     return updated
 
 

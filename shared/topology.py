@@ -138,7 +138,7 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
 
 # Which principal publishes which event type, on that type's exchange; broker permissions derive from it.
 PUBLISHES: dict[str, tuple[str, ...]] = {
-    "fetcher": ("report.page.fetched", "report.failed"),
+    "fetcher": ("report.queued", "report.page.fetched", "report.failed"),
     "fetcher-beat": ("report.requested",),
     "aggregator": ("report.aggregated", "report.failed"),
     "exporter": ("report.exported", "report.failed"),

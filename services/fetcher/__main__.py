@@ -7,14 +7,14 @@ import datetime as dt
 import random
 from functools import partial
 
-from pydantic import EmailStr, Field
+from pydantic import AliasChoices, EmailStr, Field
 
 from services.fetcher.beat import parse_schedule, run_beat
 from services.fetcher.github import GitHubClient
 from services.fetcher.github_cache import RedisPageCache, github_scope
 from services.fetcher.handlers import FETCH_PAGE, FetchPage, RetryPolicy, fetch_page, handle_report_requested
 from services.fetcher.ledger import RedisRequestLedger
-from services.fetcher.rate_budget import RedisRequestBudget
+from services.fetcher.rate_budget import CancellationsLeavingTheLine, RedisRequestBudget
 from services.fetcher.topology import TASK_DEAD_LETTER_QUEUE, TASK_QUEUE
 from services.fetcher.worker import (
     CeleryPageFetches,
@@ -36,7 +36,13 @@ class FetcherSettings(CommonSettings):
     fetcher_concurrency: int = Field(default=8, ge=1, le=64)
     fetch_max_attempts: int = Field(default=5, ge=1, le=20)
     fetch_retry_base_seconds: float = Field(default=1.0, gt=0)
-    github_rate_limit_per_minute: int = Field(default=30, ge=0, description="0: no shared budget")
+    github_rate_limit_requests: int = Field(
+        default=30,
+        ge=0,
+        validation_alias=AliasChoices("github_rate_limit_requests", "github_rate_limit_per_minute"),
+        description="At most this many search requests in any window; 0: no shared budget",
+    )
+    github_rate_limit_window_seconds: float = Field(default=60.0, gt=0, le=3600)
     github_cache_seconds: float = Field(default=60.0, ge=0, description="0: no shared page cache")
     github_read_timeout_seconds: float = Field(default=30.0, gt=0)
     report_schedule: str = "day=0 0 * * *"
@@ -54,8 +60,15 @@ def github_client(service: Service, settings: FetcherSettings) -> GitHubClient:
         cache=RedisPageCache(service.redis, settings.github_cache_seconds)
         if settings.github_cache_seconds > 0
         else None,
-        budget=RedisRequestBudget(service.redis, settings.github_rate_limit_per_minute, scope)
-        if settings.github_rate_limit_per_minute > 0
+        budget=RedisRequestBudget(
+            service.redis,
+            settings.github_rate_limit_requests,
+            scope,
+            window_seconds=settings.github_rate_limit_window_seconds,
+            # A request that never says it finished stops holding lower priorities back after this.
+            hold_seconds=settings.github_read_timeout_seconds + 10,
+        )
+        if settings.github_rate_limit_requests > 0
         else None,
         read_timeout=settings.github_read_timeout_seconds,
     )
@@ -64,9 +77,10 @@ def github_client(service: Service, settings: FetcherSettings) -> GitHubClient:
 def run_worker(service: Service, settings: FetcherSettings) -> None:
     """A Celery worker whose pool runs the page tasks, and whose consumer step takes the requests."""
     app = create_celery_app(settings)
+    github = github_client(service, settings)
     fetch = partial(
         fetch_page,
-        github=github_client(service, settings),
+        github=github,
         policy=RetryPolicy(max_attempts=settings.fetch_max_attempts, base_delay=settings.fetch_retry_base_seconds),
         rng=random.Random(),
     )
@@ -77,13 +91,17 @@ def run_worker(service: Service, settings: FetcherSettings) -> None:
     request = partial(
         handle_report_requested,
         today=(lambda: pinned_today) if pinned_today else utc_today,
+        now=lambda: dt.datetime.now(dt.UTC),
         fetches=CeleryPageFetches(app),
         ledger=RedisRequestLedger(service.redis),
     )
     routes = {
         FETCHER_REQUESTED: {"report.requested": Route(request, fails_report_as="request", stops_when_cancelled=True)}
     }
-    queues = service.queue_consumers(routes)
+    budget = github.budget
+    queues = service.queue_consumers(
+        routes, cancellations=CancellationsLeavingTheLine(service.cancellations, budget) if budget else None
+    )
     # Declared here first, so that a queue left classic by an older release stops the start with what
     # to do, instead of a Celery error.
     declare_when_reachable(service.connection, (), extra=(TASK_QUEUE, TASK_DEAD_LETTER_QUEUE))

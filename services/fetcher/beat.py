@@ -73,6 +73,7 @@ class PublishingScheduler(RedBeatScheduler):  # type: ignore[misc]
             period=period,
             ref_date=today,
             notify=self.notify,
+            priority="scheduled",
         )
         assert self.publisher is not None
         self.publisher.publish(request, correlationid=request.report_id)

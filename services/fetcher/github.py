@@ -6,6 +6,7 @@ import datetime as dt
 import email.utils
 import json
 import time
+import uuid
 from typing import Any
 
 import requests
@@ -14,18 +15,20 @@ from pydantic import BaseModel, ValidationError
 from services.fetcher.github_cache import RedisPageCache, github_scope
 from services.fetcher.rate_budget import RedisRequestBudget
 from services.fetcher.search import (
+    BudgetTicket,
     IncompleteResults,
     PermanentGitHubError,
     RateLimited,
     RetryableGitHubError,
     SearchPage,
+    WaitForBudget,
 )
 from shared import metrics, tracing
 from shared.events import ITEMS_PER_PAGE, Repository
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
-# A page waits this long for the shared budget in its thread; a longer wait goes back to the task queue.
+# A page waits this long for the shared budget in its thread; a longer wait goes back to the broker.
 MAX_BUDGET_WAIT_IN_THREAD = 2.0
 LEAD_ATTEMPTS = 3
 
@@ -104,11 +107,15 @@ class GitHubClient:
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def search_page(self, since: dt.date, page: int, per_page: int = ITEMS_PER_PAGE) -> SearchPage:
+    def search_page(
+        self, since: dt.date, page: int, ticket: BudgetTicket | None = None, per_page: int = ITEMS_PER_PAGE
+    ) -> SearchPage:
+        if ticket is None:
+            ticket = BudgetTicket(uuid.uuid4().hex, page, "interactive", dt.datetime.now(dt.UTC))
         with tracing.span("fetch report page", attributes={"hotrepos.page": page}):
-            return self._search_page(since, page, per_page)
+            return self._search_page(since, page, per_page, ticket)
 
-    def _search_page(self, since: dt.date, page: int, per_page: int) -> SearchPage:
+    def _search_page(self, since: dt.date, page: int, per_page: int, ticket: BudgetTicket) -> SearchPage:
         params = {
             "q": f"created:>={since.isoformat()}",
             "sort": "stars",
@@ -117,25 +124,27 @@ class GitHubClient:
             "page": str(page),
         }
         if self.cache is None:
-            return self._parse(self._request(params, page, etag=None), page)
-        return self._search_shared(self.cache, params, page)
+            return self._parse(self._request(params, page, None, ticket), page)
+        return self._search_shared(self.cache, params, page, ticket)
 
-    def _search_shared(self, cache: RedisPageCache, params: dict[str, str], page: int) -> SearchPage:
+    def _search_shared(
+        self, cache: RedisPageCache, params: dict[str, str], page: int, ticket: BudgetTicket
+    ) -> SearchPage:
         """Identical searches from any replica cost one request: served fresh, awaited, or revalidated."""
         key = cache.key(self._scope, params)
         lead = cached = None
         for _ in range(LEAD_ATTEMPTS):
             cached = cache.get(key)
             if cached is not None and cached.fresh:
-                return SearchPage(cached.items, cached.total_count, incomplete_results=False)
+                return self._from_cache(cached.items, cached.total_count, ticket)
             lead = cache.lead(key)
             if lead is not None:
                 break
             awaited = cache.wait(key)
             if awaited is not None:
-                return SearchPage(awaited.items, awaited.total_count, incomplete_results=False)
+                return self._from_cache(awaited.items, awaited.total_count, ticket)
         try:
-            response = self._request(params, page, etag=cached.etag if cached else None)
+            response = self._request(params, page, cached.etag if cached else None, ticket)
             if response.status_code == 304 and cached is not None:
                 cache.refresh(key)
                 return SearchPage(cached.items, cached.total_count, incomplete_results=False)
@@ -146,24 +155,35 @@ class GitHubClient:
             if lead is not None:
                 cache.release(key, lead)
 
-    def _take_budget(self, page: int) -> str | None:
+    def _from_cache(self, items: list[Repository], total_count: int, ticket: BudgetTicket) -> SearchPage:
+        # A page that waited in line for budget, then found its search answered by another report's
+        # page, gives its place up.
+        if self.budget is not None:
+            self.budget.withdraw([ticket.id])
+        return SearchPage(items, total_count, incomplete_results=False)
+
+    def _take_budget(self, page: int, ticket: BudgetTicket) -> str | None:
         if self.budget is None:
             return None
         deadline = time.monotonic() + MAX_BUDGET_WAIT_IN_THREAD
         while True:
-            grant = self.budget.take()
+            grant = self.budget.take(ticket)
             if grant.slot is not None:
                 return grant.slot
             if time.monotonic() + grant.wait_seconds > deadline:
-                raise RateLimited(
-                    f"the fetchers spent the GitHub search budget ({self.budget.limit_per_minute}/min);"
-                    f" page {page} waits {grant.wait_seconds:.1f}s",
+                raise WaitForBudget(
+                    f"waiting for the GitHub search budget ({self.budget.limit} per {self.budget.window_seconds:g}s):"
+                    f" page {page} is due in {grant.wait_seconds:.1f}s, {grant.position} reports ahead",
                     grant.wait_seconds,
+                    grant.position,
+                    grant.report_wait_seconds,
+                    grant.first_of_report,
                 )
             time.sleep(grant.wait_seconds)
 
-    def _request(self, params: dict[str, str], page: int, etag: str | None) -> requests.Response:
-        slot = self._take_budget(page)
+    def _request(self, params: dict[str, str], page: int, etag: str | None, ticket: BudgetTicket) -> requests.Response:
+        slot = self._take_budget(page, ticket)
+        counted = True
         try:
             response = self.session.get(
                 f"{self.api_url}/search/repositories",
@@ -171,18 +191,20 @@ class GitHubClient:
                 headers={"If-None-Match": etag} if etag else None,
                 timeout=(CONNECT_TIMEOUT, self.read_timeout),
             )
+            counted = response.status_code != 304  # GitHub does not count a 304 against the limit
         except requests.Timeout as exc:
             metrics.GITHUB_REQUESTS.labels(status="timeout").inc()
             raise RetryableGitHubError(f"GitHub timed out on page {page}: {exc}") from exc
         except requests.RequestException as exc:
             metrics.GITHUB_REQUESTS.labels(status="connection-error").inc()
             raise RetryableGitHubError(f"GitHub unreachable on page {page}: {exc}") from exc
+        finally:
+            if slot is not None and self.budget is not None:
+                self.budget.finish(slot, counted=counted)
         metrics.GITHUB_REQUESTS.labels(status=str(response.status_code)).inc()
         remaining = response.headers.get("X-RateLimit-Remaining")
         if remaining and remaining.isdigit():
             metrics.GITHUB_RATE_LIMIT_REMAINING.set(int(remaining))
-        if response.status_code == 304 and slot is not None and self.budget is not None:
-            self.budget.refund(slot)  # GitHub does not count a 304 against the limit
         return response
 
     def _parse(self, response: requests.Response, page: int) -> SearchPage:

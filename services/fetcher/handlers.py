@@ -12,18 +12,22 @@ import structlog
 from pydantic import Field
 
 from services.fetcher.search import (
+    BudgetTicket,
     IncompleteResults,
     PermanentGitHubError,
     RateLimited,
     RetryableGitHubError,
     SearchPages,
+    WaitForBudget,
 )
 from shared.events import (
     PAGES_PER_REPORT,
     EventData,
+    Priority,
     ReportFailed,
     ReportId,
     ReportPageFetched,
+    ReportQueued,
     ReportRequested,
     ReportSpec,
     derived_event_id,
@@ -45,6 +49,14 @@ class FetchPage(EventData):
     page: int = Field(ge=1)
     pages: int = Field(ge=1, le=10)
     spec: ReportSpec
+    priority: Priority = "interactive"
+    # When the fetcher took the request: a page's place in the line for GitHub's budget, among its
+    # priority. The fetcher's own clock, so that no publisher can date a request back to jump the line.
+    queued_at: dt.datetime | None = None
+
+    def ticket(self) -> BudgetTicket:
+        queued_at = self.queued_at or self.spec.requested_at or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        return BudgetTicket(self.report_id, self.page, self.priority, queued_at)
 
 
 class PageFetches(Protocol):
@@ -66,6 +78,7 @@ def handle_report_requested(
     meta: EventMeta,
     *,
     today: Callable[[], dt.date],
+    now: Callable[[], dt.datetime],
     fetches: PageFetches,
     ledger: RequestLedger,
 ) -> list[ReportFailed]:
@@ -86,7 +99,20 @@ def handle_report_requested(
     if ledger.already_scheduled(report_id):
         return []
     pages = range(1, PAGES_PER_REPORT + 1)
-    fetches.schedule([FetchPage(report_id=report_id, page=page, pages=PAGES_PER_REPORT, spec=spec) for page in pages])
+    queued_at = now()
+    fetches.schedule(
+        [
+            FetchPage(
+                report_id=report_id,
+                page=page,
+                pages=PAGES_PER_REPORT,
+                spec=spec,
+                priority=event.priority,
+                queued_at=queued_at,
+            )
+            for page in pages
+        ]
+    )
     ledger.mark_scheduled(report_id)
     return []
 
@@ -98,10 +124,21 @@ class RetryPolicy:
     max_delay: float = 60.0
     max_rate_limit_waits: int = 10
     incomplete_retries: int = 2
+    # A report's first waiting page comes back at least this often, to tell where the report stands.
+    queue_update_max_seconds: float = 30.0
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Exponential backoff with full jitter, so replicas do not retry in lockstep."""
         return rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+    def budget_poll(self, wait: WaitForBudget) -> float:
+        """When a page waiting for budget comes back: a little before its turn, whose last seconds it
+        waits in its thread; the report's first waiting page sooner, a quarter of its wait, so that
+        its place in line is told more often as the turn nears."""
+        due = max(1.0, float(int(wait.wait_seconds)) - 1.0)
+        if wait.first_of_report:
+            return min(due, max(1.0, min(self.queue_update_max_seconds, wait.wait_seconds / 4)))
+        return due
 
 
 def fetch_page(
@@ -110,8 +147,19 @@ def fetch_page(
     """One page: its page event, a retry later (RetryLater), or the report's failure."""
     attempt = meta.attempt
     try:
-        result = github.search_page(event.spec.since, event.page)
+        result = github.search_page(event.spec.since, event.page, event.ticket())
         incomplete = False
+    except WaitForBudget as exc:
+        # Waiting for one's turn is no failure: the retry does not count, and the report's first
+        # waiting page tells where the report stands.
+        queued = ReportQueued(
+            report_id=event.report_id,
+            priority=event.priority,
+            position=exc.position,
+            eta_seconds=round(exc.report_wait_seconds, 1),
+        )
+        notice = [queued] if exc.first_of_report else []
+        raise RetryLater(str(exc), policy.budget_poll(exc), counts=False, publish=notice) from exc
     except IncompleteResults as exc:
         if attempt < policy.incomplete_retries:
             raise RetryLater(str(exc), policy.backoff(attempt, rng)) from exc

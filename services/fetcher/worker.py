@@ -122,14 +122,15 @@ class CeleryPageFetches:
 
 
 class TaskDelivery:
-    """A page task as the pipeline reads it: Celery counts its retries, the task its crashes."""
+    """A page task as the pipeline reads it: Celery counts every retry, the task its crashes and the
+    waits (for budget) that do not count as retries."""
 
     content_type = "application/cloudevents+json"
     message_id = None
 
-    def __init__(self, message: str, retries: int, crashes: int) -> None:
+    def __init__(self, message: str, retries: int, crashes: int, waits: int = 0) -> None:
         self.body = message.encode()
-        self.retries = retries
+        self.retries = retries - waits
         self.deliveries = crashes + 1
 
 
@@ -147,14 +148,16 @@ def register_fetch_page_task(app: Celery, pipeline: DeliveryPipeline) -> None:
             raise Reject(exc.reason, requeue=True) from exc
 
     @app.task(name=FETCH_PAGE_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
-    def fetch_page_task(self: Any, message: str, crashes: int = 0) -> None:
-        verdict = pipeline.process(TaskDelivery(message, self.request.retries, crashes))
+    def fetch_page_task(self: Any, message: str, crashes: int = 0, waits: int = 0) -> None:
+        verdict = pipeline.process(TaskDelivery(message, self.request.retries, crashes, waits))
         if isinstance(verdict, Ack):
             return
         if isinstance(verdict, RetryAfter):
-            retry_later(self, verdict.delay)
+            # Celery will count this retry too: what the pipeline did not count is a wait.
+            uncounted = self.request.retries + 1 - verdict.retries
+            retry_later(self, verdict.delay, args=[message], kwargs={"crashes": crashes, "waits": uncounted})
         if isinstance(verdict, Requeue):
-            retry_later(self, CRASH_RETRY_SECONDS, args=[message], kwargs={"crashes": crashes + 1})
+            retry_later(self, CRASH_RETRY_SECONDS, args=[message], kwargs={"crashes": crashes + 1, "waits": waits})
         if isinstance(verdict, DeadLetter):
             # The broker dead-letters the task into fetcher.tasks.dlq; the pipeline logged the reason.
             raise Reject(verdict.reason, requeue=False)

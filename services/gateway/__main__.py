@@ -19,6 +19,7 @@ from services.gateway.handlers import (
     handle_report_exported,
     handle_report_failed,
     handle_report_page_fetched,
+    handle_report_queued,
     handle_report_requested,
 )
 from services.gateway.idempotency import RedisIdempotencyKeys
@@ -55,6 +56,7 @@ def consume_progress(service: Service, statuses: RedisReportStatuses) -> Backgro
         {
             GATEWAY_PROGRESS: {
                 "report.requested": Route(partial(handle_report_requested, statuses=statuses)),
+                "report.queued": Route(partial(handle_report_queued, statuses=statuses)),
                 "report.page.fetched": Route(partial(handle_report_page_fetched, statuses=statuses)),
                 "report.aggregated": Route(partial(handle_report_aggregated, statuses=statuses)),
                 "report.exported": Route(partial(handle_report_exported, statuses=statuses)),

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from services.gateway.store import ReportStatuses
-from shared.events import ReportAggregated, ReportExported, ReportFailed, ReportPageFetched, ReportRequested
+from shared.events import (
+    ReportAggregated,
+    ReportExported,
+    ReportFailed,
+    ReportPageFetched,
+    ReportQueued,
+    ReportRequested,
+)
 from shared.handling import EventMeta
 
 
 def handle_report_requested(event: ReportRequested, meta: EventMeta, *, statuses: ReportStatuses) -> None:
+    statuses.apply(event, meta)
+
+
+def handle_report_queued(event: ReportQueued, meta: EventMeta, *, statuses: ReportStatuses) -> None:
     statuses.apply(event, meta)
 
 

@@ -80,7 +80,13 @@ def _publish_request(
     publisher: EventPublisher, report_id: str, event_id: str, order: ReportOrder, locale: str | None
 ) -> CloudEvent:
     data = ReportRequested(
-        report_id=report_id, period=order.period, ref_date=order.ref_date, notify=order.notify, layout=order.layout
+        report_id=report_id,
+        period=order.period,
+        ref_date=order.ref_date,
+        notify=order.notify,
+        layout=order.layout,
+        # Someone is at the page or the API waiting for it: ahead of schedules and bulk jobs.
+        priority="interactive",
     )
     with event_scope(EventContext(correlationid=report_id, locale=locale)):
         # Derived from the report id: a retry that publishes again is deduplicated by every consumer.

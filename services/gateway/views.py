@@ -49,6 +49,11 @@ class Failure(BaseModel):
     reason: str
 
 
+class QueueView(BaseModel):
+    position: int = Field(description="Reports served before this one")
+    eta_seconds: float = Field(description="About how long it still waits for GitHub's search budget")
+
+
 class ReportStatusView(BaseModel):
     """A report's status as the API shows it."""
 
@@ -59,6 +64,8 @@ class ReportStatusView(BaseModel):
     since: dt.date | None
     layout: str | None
     locale: str | None
+    priority: str | None = Field(description="interactive, scheduled or bulk: its place in line for GitHub's budget")
+    queue: QueueView | None = Field(description="Set while the report waits for GitHub's search budget")
     requested_at: dt.datetime
     updated_at: dt.datetime
     pages_fetched: int
@@ -106,6 +113,10 @@ def view_of(status: ReportStatus) -> ReportStatusView:
         since=status.since,
         layout=status.layout,
         locale=status.locale,
+        priority=status.priority,
+        queue=QueueView(position=status.queue.position, eta_seconds=status.queue.eta_seconds)
+        if status.queue is not None
+        else None,
         requested_at=status.first_seen,
         updated_at=status.updated_at,
         pages_fetched=status.pages_fetched,

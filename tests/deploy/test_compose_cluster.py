@@ -39,7 +39,7 @@ AFTER = int(os.environ.get("DEPLOY_CLUSTER_REPORTS_AFTER", "10"))
 # the fake GitHub slowed, and the fetchers' shared budget at two searches a second: the reports come
 # through one by one over a minute or so, and most are on their way when the node stops.
 GITHUB_LATENCY_MS = 1000
-GITHUB_RATE_LIMIT_PER_MINUTE = 120
+GITHUB_RATE_LIMIT_REQUESTS = 120
 ENDED = ("exported", "failed")
 # The services that hold a connection all the time: a beat connects only to fire a run.
 CONSUMERS = set(principals()) - {"fetcher-beat"}
@@ -52,7 +52,7 @@ def cluster(engine: str, figures: Figures, tmp_path_factory: pytest.TempPathFact
         tmp_path_factory.mktemp("cluster"),
         files=FILES,
         profiles=("offline", "cluster"),
-        variables={"GITHUB_RATE_LIMIT_PER_MINUTE": str(GITHUB_RATE_LIMIT_PER_MINUTE)},
+        variables={"GITHUB_RATE_LIMIT_REQUESTS": str(GITHUB_RATE_LIMIT_REQUESTS)},
     )
     figures.record("cluster: compose project", stack.project)
     try:

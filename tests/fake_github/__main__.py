@@ -19,7 +19,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=9000, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=int, default=0)
     parser.add_argument(
-        "--rate-limit", type=int, default=None, help="requests per token (or IP) per rolling minute; default unlimited"
+        "--rate-limit", type=int, default=None, help="requests per token (or IP) per rolling window; default unlimited"
+    )
+    parser.add_argument(
+        "--rate-limit-window", type=float, default=60.0, help="seconds the rate limit counts over; default 60"
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--repos", type=int, default=DEFAULT_REPOSITORY_COUNT)
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         latency_ms=args.latency_ms,
         rate_limit_per_minute=args.rate_limit,
+        rate_limit_window_seconds=args.rate_limit_window,
         seed=args.seed,
         today=args.today,
         repos=args.repos,

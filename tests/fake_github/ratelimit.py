@@ -37,10 +37,13 @@ class RateDecision:
 
 
 class RollingWindowLimiter:
-    """At most `limit` counted requests per key in any 60-second window."""
+    """At most `limit` counted requests per key in any window of `window_seconds` (GitHub's: a minute)."""
 
-    def __init__(self, limit: int | None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, limit: int | None, clock: Callable[[], float] = time.time, window_seconds: float = WINDOW_SECONDS
+    ) -> None:
         self.limit = limit
+        self.window_seconds = window_seconds
         self._clock = clock
         self._lock = threading.Lock()
         self._windows: dict[str, deque[float]] = {}
@@ -50,7 +53,7 @@ class RollingWindowLimiter:
         now = self._clock()
         with self._lock:
             window = self._windows.setdefault(key, deque())
-            while window and window[0] <= now - WINDOW_SECONDS:
+            while window and window[0] <= now - self.window_seconds:
                 window.popleft()
             limit = self.limit if self.limit is not None else UNLIMITED_REPORTED_LIMIT
             allowed = len(window) < limit
@@ -62,7 +65,7 @@ class RollingWindowLimiter:
                 limit=limit,
                 remaining=max(limit - len(window), 0),
                 used=len(window),
-                reset_epoch=math.ceil(oldest + WINDOW_SECONDS),
+                reset_epoch=math.ceil(oldest + self.window_seconds),
             )
 
     def reset(self) -> None:

@@ -166,6 +166,7 @@ class FakeGitHub:
         port: int = 0,
         latency_ms: int = 0,
         rate_limit_per_minute: int | None = None,
+        rate_limit_window_seconds: float = 60.0,
         seed: int = DEFAULT_SEED,
         today: date | None = None,
         repos: int = DEFAULT_REPOSITORY_COUNT,
@@ -178,6 +179,7 @@ class FakeGitHub:
             today=today,
             latency_ms=latency_ms,
             rate_limit_per_minute=rate_limit_per_minute,
+            rate_limit_window_seconds=rate_limit_window_seconds,
             faults=faults,
         )
         self._address = (host, port)
@@ -257,6 +259,10 @@ class FakeGitHub:
     def set_rate_limit(self, per_minute: int | None) -> None:
         """Allow this many API requests per token/IP per rolling minute (None: unlimited)."""
         self.state.set_rate_limit(per_minute)
+
+    def set_rate_limit_window(self, seconds: float) -> None:
+        """Count the rate limit over this many seconds instead of a minute."""
+        self.state.set_rate_limit_window(seconds)
 
     def set_today(self, today: date) -> None:
         """Regenerate the dataset relative to another date."""

@@ -11,11 +11,11 @@ from typing import Any
 
 from .dataset import DEFAULT_REPOSITORY_COUNT, DEFAULT_SEED, generate_repositories
 from .faults import FaultBook, FaultRule
-from .ratelimit import RollingWindowLimiter
+from .ratelimit import WINDOW_SECONDS, RollingWindowLimiter
 from .search import MAX_PER_PAGE, MAX_RESULTS, SearchIndex, SearchQuery
 from .stats import RequestStats
 
-CONFIG_KEYS = frozenset({"latency_ms", "rate_limit_per_minute", "today"})
+CONFIG_KEYS = frozenset({"latency_ms", "rate_limit_per_minute", "rate_limit_window_seconds", "today"})
 
 
 def utc_today() -> date:
@@ -27,6 +27,12 @@ def _checked_latency(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"latency_ms must be a non-negative int, got {value!r}")
     return value
+
+
+def _checked_window(value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 3600:
+        raise ValueError(f"rate_limit_window_seconds must be a number of seconds in (0, 3600], got {value!r}")
+    return float(value)
 
 
 def _checked_rate_limit(value: object) -> int | None:
@@ -48,12 +54,15 @@ class FakeState:
         today: date | None = None,
         latency_ms: int = 0,
         rate_limit_per_minute: int | None = None,
+        rate_limit_window_seconds: float = WINDOW_SECONDS,
         faults: Iterable[Mapping[str, Any]] = (),
     ) -> None:
         self.seed = seed
         self.repository_count = repository_count
         self.latency_ms = _checked_latency(latency_ms)
-        self.limiter = RollingWindowLimiter(_checked_rate_limit(rate_limit_per_minute))
+        self.limiter = RollingWindowLimiter(
+            _checked_rate_limit(rate_limit_per_minute), window_seconds=_checked_window(rate_limit_window_seconds)
+        )
         self.faults = FaultBook()
         self.stats = RequestStats()
         self.stopping = threading.Event()
@@ -91,6 +100,10 @@ class FakeState:
         """Allow this many API requests per client per rolling minute (None: unlimited)."""
         self.limiter.limit = _checked_rate_limit(per_minute)
 
+    def set_rate_limit_window(self, seconds: float) -> None:
+        """Count the limit over this many seconds instead of a minute (compressed runs)."""
+        self.limiter.window_seconds = _checked_window(seconds)
+
     def apply_config(self, config: Mapping[str, Any]) -> None:
         """Apply a `/_fake/config` payload; raises ValueError on bad input."""
         unknown = set(config) - CONFIG_KEYS
@@ -100,6 +113,8 @@ class FakeState:
             self.set_latency(config["latency_ms"])
         if "rate_limit_per_minute" in config:
             self.set_rate_limit(config["rate_limit_per_minute"])
+        if "rate_limit_window_seconds" in config:
+            self.set_rate_limit_window(config["rate_limit_window_seconds"])
         if "today" in config:
             self.set_today(date.fromisoformat(str(config["today"])))
 
@@ -108,6 +123,7 @@ class FakeState:
         return {
             "latency_ms": self.latency_ms,
             "rate_limit_per_minute": self.limiter.limit,
+            "rate_limit_window_seconds": self.limiter.window_seconds,
             "today": self.today.isoformat(),
             "seed": self.seed,
             "repos": self.repository_count,

@@ -202,9 +202,11 @@ class FakeSearch:
     def __init__(self, *answers: Any) -> None:
         self.answers = list(answers)
         self.calls: list[tuple[dt.date, int]] = []
+        self.tickets: list[Any] = []
 
-    def search_page(self, since: dt.date, page: int) -> Any:
+    def search_page(self, since: dt.date, page: int, ticket: Any = None) -> Any:
         self.calls.append((since, page))
+        self.tickets.append(ticket)
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         if isinstance(answer, BaseException):
             raise answer

@@ -97,7 +97,7 @@ class Pipeline:
             # Tests count GitHub calls and inject faults per call: no shared page cache or search
             # budget unless a test asks for them through extra_env.
             "GITHUB_CACHE_SECONDS": "0",
-            "GITHUB_RATE_LIMIT_PER_MINUTE": "0",
+            "GITHUB_RATE_LIMIT_REQUESTS": "0",
             **self.extra_env,
         }
 

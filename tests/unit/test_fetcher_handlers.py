@@ -14,11 +14,13 @@ from services.fetcher.search import (
     RateLimited,
     RetryableGitHubError,
     SearchPage,
+    WaitForBudget,
 )
 from shared.events import (
     PAGES_PER_REPORT,
     ReportFailed,
     ReportPageFetched,
+    ReportQueued,
     ReportRequested,
     ReportSpec,
     Repository,
@@ -28,6 +30,7 @@ from shared.handling import EventMeta, Outgoing, RetryLater
 from tests.support.fakes import FakeSearch, meta_of
 
 TODAY = dt.date(2026, 11, 22)
+NOW = dt.datetime(2026, 11, 22, 8, 30, tzinfo=dt.UTC)
 SPEC = ReportSpec(period="week", since=dt.date(2026, 11, 15))
 POLICY = RetryPolicy(max_attempts=3, base_delay=0.5, max_rate_limit_waits=2, incomplete_retries=1)
 
@@ -56,7 +59,12 @@ def request(
 ) -> tuple[list[ReportFailed], ScheduledFetches]:
     fetches = ScheduledFetches()
     published = handle_report_requested(
-        data, meta_of(data, event_id=event_id), today=lambda: TODAY, fetches=fetches, ledger=ledger or Ledger()
+        data,
+        meta_of(data, event_id=event_id),
+        today=lambda: TODAY,
+        now=lambda: NOW,
+        fetches=fetches,
+        ledger=ledger or Ledger(),
     )
     return published, fetches
 
@@ -68,6 +76,19 @@ def test_a_request_schedules_one_fetch_per_page_and_publishes_nothing() -> None:
     spec = fetches.scheduled[0].spec
     assert (spec.period, spec.since, spec.notify) == ("week", dt.date(2026, 11, 15), "me@example.com")
     assert {fetch.report_id for fetch in fetches.scheduled} == {"r-1"}
+
+
+@pytest.mark.parametrize("priority", ["interactive", "scheduled", "bulk"])
+def test_every_page_of_a_request_waits_in_line_with_its_priority_and_arrival(priority: str) -> None:
+    _, fetches = request(ReportRequested(report_id="r-1", period="week", priority=priority))
+    tickets = [fetch.ticket() for fetch in fetches.scheduled]
+    assert {(ticket.priority, ticket.queued_at) for ticket in tickets} == {(priority, NOW)}
+    assert [ticket.id for ticket in tickets] == [f"r-1:{page}" for page in range(1, PAGES_PER_REPORT + 1)]
+
+
+def test_a_request_without_a_priority_is_interactive() -> None:
+    _, fetches = request(ReportRequested.model_validate({"report_id": "r-1", "period": "day"}))
+    assert {fetch.priority for fetch in fetches.scheduled} == {"interactive"}
 
 
 def test_a_request_without_report_id_is_known_by_its_event_id() -> None:
@@ -103,10 +124,12 @@ def page(items: int = 2, *, incomplete: bool = False) -> SearchPage:
     return SearchPage(repositories, total_count=items, incomplete_results=incomplete)
 
 
+FETCH = FetchPage(report_id="r-1", page=2, pages=5, spec=SPEC, queued_at=NOW)
+
+
 def fetch(github: FakeSearch, attempt: int = 0) -> list[Outgoing | ReportFailed]:
-    event = FetchPage(report_id="r-1", page=2, pages=5, spec=SPEC)
     meta = EventMeta(id="fetch-1", type=FETCH_PAGE, attempt=attempt)
-    return fetch_page(event, meta, github=github, policy=POLICY, rng=random.Random(3))
+    return fetch_page(FETCH, meta, github=github, policy=POLICY, rng=random.Random(3))
 
 
 def test_a_fetched_page_is_published_under_an_id_derived_from_the_report_and_page() -> None:
@@ -149,3 +172,38 @@ def test_a_retryable_error_backs_off_then_fails_the_report() -> None:
 def test_a_permanent_error_fails_the_report_at_once() -> None:
     [failed] = fetch(FakeSearch(PermanentGitHubError("422 Validation Failed")), attempt=0)
     assert isinstance(failed, ReportFailed) and failed.reason == "422 Validation Failed"
+
+
+def waiting(wait: float, *, first: bool, position: int = 4, report_wait: float = 60.0) -> WaitForBudget:
+    return WaitForBudget("budget spent", wait, position, report_wait, first)
+
+
+def test_a_page_waiting_for_budget_comes_back_before_its_turn_without_counting_an_attempt() -> None:
+    github = FakeSearch(waiting(12.6, first=False))
+    with pytest.raises(RetryLater) as retry:
+        fetch(github, attempt=7)
+    assert retry.value.counts is False
+    # Back a second or two early: the last of the wait is spent in the thread, so no slot goes unused.
+    assert retry.value.delay == 11
+    assert retry.value.publish == []
+    assert github.tickets == [FETCH.ticket()]
+
+
+def test_the_first_waiting_page_of_a_report_tells_its_place_in_line() -> None:
+    with pytest.raises(RetryLater) as retry:
+        fetch(FakeSearch(waiting(200.0, first=True, position=4, report_wait=240.04)))
+    assert retry.value.counts is False
+    assert retry.value.publish == [
+        ReportQueued(report_id=FETCH.report_id, priority="interactive", position=4, eta_seconds=240.0)
+    ]
+    # It comes back sooner than its turn, to tell again, at most every so often.
+    assert retry.value.delay == POLICY.queue_update_max_seconds
+
+
+@pytest.mark.parametrize(
+    ("wait", "first", "delay"),
+    [(2.5, False, 1.0), (2.5, True, 1.0), (9.9, True, 2.475), (40.0, True, 10.0), (40.0, False, 39.0)],
+)
+def test_a_waiting_page_never_comes_back_after_its_turn(wait: float, first: bool, delay: float) -> None:
+    assert POLICY.budget_poll(waiting(wait, first=first)) == delay
+    assert POLICY.budget_poll(waiting(wait, first=first)) < wait
