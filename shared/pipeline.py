@@ -250,7 +250,7 @@ class DeliveryPipeline:
         if self.broadcast:
             return DeadLetter(f"cannot retry a broadcast later: {reason}")
         retries = delivery.retries + 1 if counts else delivery.retries
-        if retries > self.max_retries:
+        if counts and retries > self.max_retries:
             return DeadLetter(f"gave up after {self.max_retries} retries: {reason}")
         if delay is None:
             delay = min(self.retry_max_delay, self.retry_base_delay * 2 ** (retries - 1))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.events import ReportExported, ReportFailed, ReportRequested, derived_event_id
+from shared.events import ReportExported, ReportFailed, ReportQueued, ReportRequested, derived_event_id
 from shared.handling import EventMeta, RetryLater
 from shared.outcomes import OutcomePublisher
 from shared.pipeline import (
@@ -128,6 +128,21 @@ def raise_(exc: BaseException) -> Any:
 def test_retry_later_keeps_the_handler_s_delay_and_counts_the_retry() -> None:
     verdict = Probe(raise_(RetryLater("SMTP down", delay=7))).pipeline.process(Delivery(request().body, retries=1))
     assert verdict == RetryAfter(delay=7, retries=2, reason="SMTP down")
+
+
+def test_a_wait_that_does_not_count_keeps_the_retry_count_and_tells_what_it_publishes() -> None:
+    queued = ReportQueued(report_id="r-1", priority="bulk", position=3, eta_seconds=40.0)
+    probe = Probe(raise_(RetryLater("budget spent", delay=9, counts=False, publish=[queued])))
+    verdict = probe.pipeline.process(Delivery(request().body, retries=4))
+    assert verdict == RetryAfter(delay=9, retries=4, reason="budget spent", counted=False)
+    assert [event.type for event in probe.publisher.events] == ["report.queued"]
+    assert probe.publisher.events[0].data == queued.model_dump(mode="json")
+
+
+def test_waits_never_exhaust_the_retries() -> None:
+    probe = Probe(raise_(RetryLater("budget spent", delay=9, counts=False)))
+    verdict = probe.pipeline.process(Delivery(request().body, retries=probe.pipeline.max_retries))
+    assert isinstance(verdict, RetryAfter) and verdict.retries == probe.pipeline.max_retries
 
 
 def test_a_transient_error_backs_off_exponentially() -> None:

@@ -17,6 +17,7 @@ from shared.events import (
     ReportExported,
     ReportFailed,
     ReportPageFetched,
+    ReportQueued,
     ReportRequested,
     ReportSpec,
     Repository,
@@ -108,6 +109,41 @@ def test_a_report_in_order_goes_through_every_stage_with_one_step_per_page() -> 
     assert status.languages == (LanguageCount(language="Go", count=1), LanguageCount(language="Unknown", count=2))
     assert (status.period, status.since, status.locale) == ("week", dt.date(2026, 11, 15), "fr")
     assert status.first_seen == T0 and status.updated_at == T0 + dt.timedelta(seconds=7)
+
+
+def queued(position: int, eta: float) -> ReportQueued:
+    return ReportQueued(report_id=REPORT, priority="scheduled", position=position, eta_seconds=eta)
+
+
+def test_a_report_waiting_for_budget_shows_its_latest_place_until_a_page_arrives() -> None:
+    request = ReportRequested(report_id=REPORT, period="week", priority="scheduled")
+    page = ReportPageFetched(report_id=REPORT, page=1, pages=5, spec=SPEC, items=[])
+    status = fold(
+        [
+            (request, meta(request)),
+            (queued(7, 70), meta(queued(7, 70), seconds=1)),
+            (queued(4, 41), meta(queued(4, 41), seconds=20)),
+            (queued(2, 12), meta(queued(2, 12), seconds=40)),
+        ]
+    )
+    assert status is not None and status.priority == "scheduled"
+    assert status.queue is not None and (status.queue.position, status.queue.eta_seconds) == (2, 12)
+    assert status.describe() == "waiting for GitHub: 2 ahead, about 12 s"
+    # One step per wait, replaced as the place changes: a long wait does not grow the stream's history.
+    assert [(s.seq, s.queue.position if s.queue else None) for s in status.progress] == [(1, None), (4, 2)]
+    status = apply_event(status, page, meta(page, seconds=50), received_at=T0)
+    assert status is not None and status.queue is None and status.progress[-1].queue is None
+    # A place told before the page arrived is old news.
+    late = apply_event(status, queued(1, 5), meta(queued(1, 5), seconds=45), received_at=T0)
+    assert late is not None and late.queue is None
+
+
+def test_an_outcome_ends_the_wait() -> None:
+    request = ReportRequested(report_id=REPORT, period="week")
+    failed = ReportFailed(report_id=REPORT, stage="cancelled", reason="cancelled by request")
+    status = fold([(request, meta(request)), (queued(3, 30), meta(queued(3, 30), seconds=1))])
+    status = apply_event(status, failed, meta(failed, seconds=2), received_at=T0)
+    assert status is not None and status.state == "failed" and status.queue is None
 
 
 def test_a_redelivered_event_changes_nothing() -> None:
