@@ -22,6 +22,7 @@ from services.gateway.handlers import (
     handle_report_queued,
     handle_report_requested,
 )
+from services.gateway.hardening import DEFAULT_MAX_BODY_BYTES, CorsOrigins
 from services.gateway.idempotency import RedisIdempotencyKeys
 from services.gateway.routes import GatewayDependencies, create_app
 from services.gateway.store import RedisReportStatuses
@@ -47,6 +48,12 @@ class GatewaySettings(CommonSettings):
     today: dt.date | None = Field(default=None, description="Pin 'today' (demos and tests only)")
     webhook_allowed_hosts: AllowedHosts = Field(
         default_factory=list, description="Hosts a webhook may reach over plain http and inside the network"
+    )
+    gateway_cors_origins: CorsOrigins = Field(
+        default_factory=list, description="Origins whose pages may call the API (empty: none, CORS off)"
+    )
+    gateway_max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES, ge=1024, description="A request body over this gets a 413"
     )
 
 
@@ -115,6 +122,8 @@ def main() -> None:
                 guard=UrlGuard.allowing(settings.webhook_allowed_hosts),
             ),
             debug_faults=settings.gateway_debug_faults,
+            cors_origins=tuple(settings.gateway_cors_origins),
+            max_body_bytes=settings.gateway_max_body_bytes,
         )
     )
     server = uvicorn.Server(

@@ -7,18 +7,21 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
+import fastapi_offline
 import redis.exceptions
 import structlog
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.feed import ProgressFeed
+from services.gateway.hardening import DEFAULT_MAX_BODY_BYTES, BodyLimit, RefusalLoggingCors, SecurityHeaders
 from services.gateway.idempotency import IdempotencyKeys
 from services.gateway.orders import FutureDate, KeyReused, Ordering, place_order
 from services.gateway.sse import progress_stream
@@ -42,6 +45,8 @@ from shared.progress import ReportStatus
 log = structlog.get_logger("hotrepos.gateway")
 
 STATIC_DIR = Path(__file__).parent / "static"
+# Swagger UI's own files, from a locked PyPI package: /docs needs no CDN, so it works offline.
+SWAGGER_UI_DIR = Path(fastapi_offline.__file__).parent / "static"
 RETRY_AFTER_SECONDS = 5
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _report_ids: TypeAdapter[str] = TypeAdapter(ReportId)
@@ -63,6 +68,8 @@ class GatewayDependencies:
     webhooks: WebhookAdmin
     debug_faults: bool = False
     keepalive_seconds: float = 15.0
+    cors_origins: tuple[str, ...] = ()  # validated origins (hardening.cors_origin); empty: no CORS at all
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     def ordering(self) -> Ordering:
         return Ordering(
@@ -121,6 +128,15 @@ class UnhandledErrors:
                 await response(scope, receive, send)
 
 
+class RevalidatedStaticFiles(StaticFiles):
+    """Static files a browser asks about again each time (a 304 while unchanged): an upgrade is seen at once."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def create_app(deps: GatewayDependencies) -> FastAPI:
     """The FastAPI application: the API under /api, the page at /, its OpenAPI docs at /docs."""
 
@@ -134,8 +150,21 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         description="Ask for a report of GitHub's hottest new repositories, follow it, download it.",
         version="1",
         lifespan=lifespan,
+        # FastAPI's own pages load Swagger UI and Redoc from a CDN, with inline scripts the CSP forbids:
+        # /docs is served below from packaged files; Redoc, which injects inline styles, is left out.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
+    # The last added runs first: the headers go on every answer, a 413 and a 500 included, and a listed
+    # origin's page can read a 413 too, since it passes through CORS.
+    app.add_middleware(BodyLimit, max_bytes=deps.max_body_bytes)
     app.add_middleware(UnhandledErrors)
+    if deps.cors_origins:
+        app.add_middleware(RefusalLoggingCors, origins=deps.cors_origins)
+    app.add_middleware(SecurityHeaders)
+    app.mount("/static", RevalidatedStaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs/assets", RevalidatedStaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
     app.include_router(webhook_routes(deps.webhooks))
     ordering = deps.ordering()
 
@@ -298,6 +327,10 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html; charset=utf-8")
 
     if deps.debug_faults:
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from services.gateway.hardening import CONTENT_SECURITY_POLICY
 from tests.support.pipeline import Gateway, Pipeline
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,11 +40,29 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
+# Playwright's init scripts and bindings are not subject to the page's CSP: this sees what the policy refused.
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) =>
+  window.cspViolation(`${event.effectiveDirective} refused ${event.blockedURI || "inline"} in ${event.sourceFile}`));
+"""
+
+
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
+def page(browser: Browser, gateway: Gateway) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1000, "height": 900})
-    opened = context.new_page()
     problems: list[str] = []
+    context.expose_function("cspViolation", lambda text: problems.append(f"CSP violation: {text}"))
+    context.add_init_script(REPORT_CSP_VIOLATIONS)
+    opened = context.new_page()
+    # Nothing but the gateway is ever asked for: the page and /docs work on a network with no way out.
+    opened.on(
+        "request",
+        lambda request: (
+            problems.append(f"left the gateway: {request.url}")
+            if not request.url.startswith((f"{gateway.url}/", "data:"))
+            else None
+        ),
+    )
     opened.on("pageerror", lambda error: problems.append(str(error)))
     # Answers the tests expect (a 422) are logged as failed loads too: the script's own errors count.
     opened.on(
@@ -71,7 +90,8 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 def test_generate_a_report_from_the_page_and_download_it(page: Page, gateway: Gateway) -> None:
-    page.goto(gateway.url)
+    answer = page.goto(gateway.url)
+    assert answer is not None and answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
     expect(page).to_have_title("hotrepos")
     page.select_option("#period", "month")
     page.click("#generate")
@@ -109,3 +129,20 @@ def test_invalid_input_is_shown_on_the_page(page: Page, gateway: Gateway) -> Non
     page.click("#generate")
     expect(page.locator("#error")).to_contain_text("notify: value is not a valid email address")
     expect(page.locator("#progress-box")).to_be_hidden()
+
+
+def test_the_api_docs_render_offline_under_the_policy_and_try_a_request(page: Page, gateway: Gateway) -> None:
+    answer = page.goto(f"{gateway.url}/docs")
+    assert answer is not None and answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("hotrepos gateway", timeout=30_000)
+    expect(page.locator(".opblock-summary-path", has_text="/api/reports/{report_id}/download")).to_be_visible()
+
+    health = page.locator(".opblock", has=page.locator(".opblock-summary-path", has_text="/healthz"))
+    health.locator(".opblock-summary").click()
+    health.get_by_role("button", name="Try it out").click()
+    health.get_by_role("button", name="Execute").click()
+    live = health.locator(".live-responses-table tbody")
+    expect(live.locator(".response-col_status")).to_have_text("200")
+    expect(live.locator(".response-col_description")).to_contain_text('"status": "ok"')
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "gateway-docs.png"), full_page=True)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from services.gateway.hardening import CONTENT_SECURITY_POLICY
 from tests.conftest import TODAY
 from tests.fake_github import FakeGitHub
 from tests.support.amqp import EventListener, cloud_event, publish
@@ -55,6 +56,7 @@ def read_stream(client: httpx.Client, url: str, headers: dict[str, str] | None =
     with client.stream("GET", url, headers=headers, timeout=httpx.Timeout(30, read=120)) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
         for event in sse_events(response.iter_lines()):
             events.append(event)
     return events
@@ -424,3 +426,36 @@ def test_delete_cancels_a_report_in_flight(api: httpx.Client, fake_github: FakeG
     command = control.wait_for(lambda e: e.get("type") == "report.cancel.requested", 10)
     assert command["data"]["report_id"] == report_id and command["source"] == "hotrepos/gateway"
     control.close()
+
+
+def test_a_body_over_the_cap_is_a_413_on_the_wire_declared_or_streamed(
+    api: httpx.Client, listener: EventListener
+) -> None:
+    declared = api.post(
+        "/api/reports", content=b'{"period": "day"}' + b" " * 64 * 1024, headers={"Content-Type": "application/json"}
+    )
+    assert declared.status_code == 413 and declared.json()["limit_bytes"] == 64 * 1024
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"period": "day"'
+        for _ in range(40):
+            yield b" " * 4096
+        yield b"}"
+
+    streamed = api.post("/api/reports", content=chunks(), headers={"Content-Type": "application/json"})
+    assert streamed.status_code == 413 and streamed.json()["limit_bytes"] == 64 * 1024
+    for refused in (declared, streamed):
+        assert refused.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    # The server drops the rest of a refused body, so the connection serves the next request.
+    assert api.get("/healthz").status_code == 200
+    listener.catch_up()
+    assert listener.of("report.requested") == []
+
+
+def test_the_security_headers_reach_the_client_through_the_server(api: httpx.Client) -> None:
+    for path in ("/", "/docs", "/static/app.js", "/api/reports", "/api/reports/nope", "/openapi.json"):
+        response = api.get(path)
+        assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY, path
+        assert response.headers["x-content-type-options"] == "nosniff", path
+        assert response.headers["referrer-policy"] == "no-referrer", path
+    assert "access-control-allow-origin" not in api.get("/api/reports", headers={"Origin": "https://x.example"}).headers

@@ -5,12 +5,20 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    ("variable", "value"),
-    [("AMQP_URL", "http://nope"), ("SMTP_PORT", "seventy"), ("ADMINS", "root"), ("LOG_LEVEL", "LOUD")],
+    ("service", "variable", "value"),
+    [
+        ("notifier", "AMQP_URL", "http://nope"),
+        ("notifier", "SMTP_PORT", "seventy"),
+        ("notifier", "ADMINS", "root"),
+        ("notifier", "LOG_LEVEL", "LOUD"),
+        ("gateway", "GATEWAY_CORS_ORIGINS", "https://ok.example.com,*"),
+        ("gateway", "GATEWAY_CORS_ORIGINS", "https://ok.example.com/path"),
+        ("gateway", "GATEWAY_MAX_BODY_BYTES", "10"),
+    ],
 )
-def test_a_malformed_setting_stops_the_service_naming_it(variable: str, value: str) -> None:
+def test_a_malformed_setting_stops_the_service_naming_it(service: str, variable: str, value: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.notifier"],
+        [sys.executable, "-m", f"services.{service}"],
         env={"PATH": "/usr/bin:/bin", variable: value},
         capture_output=True,
         text=True,
