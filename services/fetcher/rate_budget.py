@@ -117,15 +117,16 @@ local function turn(at_rank)
   if k * 2 + 2 <= #taken then base = tonumber(taken[k * 2 + 2]) end
   return base + window * (cycle + 1)
 end
+-- GitHub said to hold off: nothing is granted before then, whatever the log allows.
 local delay = math.max(0, blocked - now)
-local wait = math.max(1, turn(rank) - now) + delay
+local wait = math.max(1, turn(rank) - now, delay)
 local previous = rank > 0 and redis.call('ZRANGE', KEYS[1], rank - 1, rank - 1)[1] or nil
 local first = (previous == nil or report_of(previous) ~= report) and 1 or 0
 local position, report_wait = 0, wait
 if first == 1 then
   position = redis.call('ZRANK', KEYS[3], report) or 0
   local pages = tonumber(redis.call('HGET', KEYS[4], report) or '1')
-  report_wait = math.max(1, turn(rank + pages - 1) - now) + delay
+  report_wait = math.max(1, turn(rank + pages - 1) - now, delay)
 end
 redis.call('HSET', KEYS[2], ticket, now + wait + grace)
 return {'', wait, position, report_wait, first}

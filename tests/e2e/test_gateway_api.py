@@ -146,6 +146,7 @@ def test_a_report_goes_from_post_through_its_stages_to_the_download(
         "ref_date": None,
         "notify": REQUESTER,
         "layout": "rows",
+        "priority": "interactive",
     }
     exported = listener.wait_for_outcome(report_id)["data"]
 

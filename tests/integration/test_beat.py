@@ -51,6 +51,7 @@ def test_a_due_entry_publishes_a_report_request(amqp_url: str, redis_url: str) -
         "ref_date": today,
         "notify": "team@example.com",
         "layout": "rows",
+        "priority": "scheduled",
     }
     assert event["correlationid"] == f"scheduled-week-{today}"
     listener.close()

@@ -29,6 +29,7 @@ from shared.events import (
     ReportExported,
     ReportFailed,
     ReportPageFetched,
+    ReportQueued,
     ReportRequested,
     ReportSpec,
 )
@@ -63,6 +64,7 @@ from tests.support.waiting import eventually
 CONSUMERS = tuple(service for service in principals() if subscriptions_with_control(service))
 EVENT_TYPES_ON_EVENTS = (
     "report.requested",
+    "report.queued",
     "report.page.fetched",
     "report.aggregated",
     "report.exported",
@@ -75,6 +77,7 @@ def sample(event_type: str, report_id: str) -> EventData:
     """A valid event of each type: permissions are about where it goes, not what it says."""
     samples: dict[str, EventData] = {
         "report.requested": ReportRequested(report_id=report_id, period="day"),
+        "report.queued": ReportQueued(report_id=report_id, priority="bulk", position=0, eta_seconds=1.0),
         "report.page.fetched": ReportPageFetched(report_id=report_id, page=1, pages=1, spec=SPEC, items=[]),
         "report.aggregated": ReportAggregated(report_id=report_id, spec=SPEC, total=0, languages=[]),
         "report.exported": ReportExported(
