@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import statistics
 import time
 import uuid
@@ -10,10 +11,10 @@ from collections.abc import Sequence
 
 import requests
 
-from bench.completions import Completion
+from bench.completions import Completion, CompletionListener
 from bench.fake_github import FakeGitHubProcess
 from bench.processes import MachineCpu, MemorySampler, cpu_seconds, with_children
-from bench.systems import HOTREPOS_TOKEN, PERIOD, System
+from bench.systems import HOTREPOS_TOKEN, PERIOD, HotreposSystem, System
 
 REPORT_TIMEOUT = 300.0
 
@@ -185,4 +186,85 @@ def budget(
         "rate_limited": int(stats["rate_limited"]),
         "answered": answered,
         "seconds": round(elapsed, 1),
+    }
+
+
+def backlog(
+    hot: HotreposSystem,
+    github: FakeGitHubProcess,
+    *,
+    scheduled: int,
+    interactive: int,
+    interactive_after_seconds: float,
+    limit: int,
+    window_seconds: float,
+    first_ref_date: dt.date,
+) -> dict[str, object]:
+    """More distinct reports than GitHub's budget: scheduled ones first, then a few people's.
+
+    Every report's first page and outcome are stamped as they arrive on the broker. Budget use is the
+    calls made over the calls GitHub allowed from the first call to the last: the limit times the
+    windows that span covers.
+    """
+    pages = CompletionListener(hot.amqp_url, bindings=(("hotrepos.events", "report.page.fetched"),))
+    try:
+        requested: dict[str, tuple[str, float]] = {}
+
+        def ask(priority: str, index: int) -> None:
+            report_id = new_report_id(f"backlog-{priority}")
+            hot.listener.expect(report_id)
+            pages.expect(report_id)
+            requested[report_id] = (priority, time.perf_counter())
+            hot.request(report_id, first_ref_date - dt.timedelta(days=index), priority)
+
+        for index in range(scheduled):
+            ask("scheduled", index)
+        time.sleep(interactive_after_seconds)
+        for index in range(scheduled, scheduled + interactive):
+            ask("interactive", index)
+        done = {report_id: hot.listener.wait(report_id, 4 * REPORT_TIMEOUT) for report_id in requested}
+        first_page = {report_id: pages.wait(report_id, REPORT_TIMEOUT).arrived for report_id, c in done.items() if c.ok}
+    finally:
+        pages.close()
+    stats = github.stats()
+    calls = int(stats["by_token"].get(HOTREPOS_TOKEN, 0))
+    span = float(stats["last_request_at"] or 0) - float(stats["first_request_at"] or 0)
+    allowed = limit * (math.floor(span / window_seconds) + 1)
+    people = [r for r, (priority, _) in requested.items() if priority == "interactive"]
+    schedules = [r for r, (priority, _) in requested.items() if priority == "scheduled"]
+    # A person's report must finish before every scheduled report that had not started fetching when
+    # the person asked.
+    overtaken = [
+        (person, report_id)
+        for person in people
+        for report_id in schedules
+        if first_page.get(report_id, math.inf) > requested[person][1] and done[report_id].arrived < done[person].arrived
+    ]
+    passed_by = {s for person in people for s in schedules if first_page.get(s, math.inf) > requested[person][1]}
+
+    def median_seconds(report_ids: list[str], until: dict[str, float]) -> float | None:
+        waits = [until[r] - requested[r][1] for r in report_ids if r in until]
+        return round(statistics.median(waits), 2) if waits else None
+
+    finished = {r: c.arrived for r, c in done.items()}
+    return {
+        "requests": {"scheduled": scheduled, "interactive": interactive},
+        "budget": {"limit": limit, "window_seconds": window_seconds},
+        "exported": sum(1 for c in done.values() if c.ok),
+        "failed": sum(1 for c in done.values() if not c.ok),
+        "github_calls": calls,
+        "rate_limited": int(stats["rate_limited"]),
+        "calls_allowed": allowed,
+        "budget_use": round(calls / allowed, 3) if allowed else None,
+        "span_seconds": round(span, 1),
+        "median_wait_to_first_page_seconds": {
+            "interactive": median_seconds(people, first_page),
+            "scheduled": median_seconds(schedules, first_page),
+        },
+        "median_time_to_outcome_seconds": {
+            "interactive": median_seconds(people, finished),
+            "scheduled": median_seconds(schedules, finished),
+        },
+        "scheduled_not_started_when_people_asked": len(passed_by),
+        "finished_before_a_person": len(overtaken),
     }

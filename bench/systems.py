@@ -152,10 +152,12 @@ class HotreposSystem:
             self.fetchers.append(ServiceProcess(name, {**self._env, **env}, self._log_dir).start())
         wait_for_consumers(self.amqp_url, {"fetcher.report.requested": count, "fetcher.tasks": count}, self.fetchers)
 
-    def request(self, report_id: str, ref_date: dt.date | None = None) -> None:
+    def request(self, report_id: str, ref_date: dt.date | None = None, priority: str | None = None) -> None:
         data: dict[str, str] = {"report_id": report_id, "period": PERIOD, "layout": LAYOUT}
         if ref_date is not None:
             data["ref_date"] = ref_date.isoformat()
+        if priority is not None:
+            data["priority"] = priority
         event = {
             "specversion": "1.0",
             "id": str(uuid.uuid4()),

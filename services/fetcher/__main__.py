@@ -94,6 +94,7 @@ def run_worker(service: Service, settings: FetcherSettings) -> None:
         now=lambda: dt.datetime.now(dt.UTC),
         fetches=CeleryPageFetches(app),
         ledger=RedisRequestLedger(service.redis),
+        line=github.budget,
     )
     routes = {
         FETCHER_REQUESTED: {"report.requested": Route(request, fails_report_as="request", stops_when_cancelled=True)}

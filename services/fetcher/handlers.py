@@ -65,6 +65,12 @@ class PageFetches(Protocol):
     def schedule(self, fetches: list[FetchPage]) -> None: ...
 
 
+class BudgetLine(Protocol):
+    """The line for GitHub's search budget, which a report's pages join as the report arrives."""
+
+    def join(self, tickets: list[BudgetTicket]) -> None: ...
+
+
 class RequestLedger(Protocol):
     """Report ids whose pages were already scheduled: a duplicate request costs no GitHub call."""
 
@@ -81,6 +87,7 @@ def handle_report_requested(
     now: Callable[[], dt.datetime],
     fetches: PageFetches,
     ledger: RequestLedger,
+    line: BudgetLine | None = None,
 ) -> list[ReportFailed]:
     report_id = report_id_of(event, meta.id)
     assert report_id is not None  # a request always has one
@@ -100,19 +107,20 @@ def handle_report_requested(
         return []
     pages = range(1, PAGES_PER_REPORT + 1)
     queued_at = now()
-    fetches.schedule(
-        [
-            FetchPage(
-                report_id=report_id,
-                page=page,
-                pages=PAGES_PER_REPORT,
-                spec=spec,
-                priority=event.priority,
-                queued_at=queued_at,
-            )
-            for page in pages
-        ]
-    )
+    page_fetches = [
+        FetchPage(
+            report_id=report_id,
+            page=page,
+            pages=PAGES_PER_REPORT,
+            spec=spec,
+            priority=event.priority,
+            queued_at=queued_at,
+        )
+        for page in pages
+    ]
+    if line is not None:
+        line.join([fetch.ticket() for fetch in page_fetches])
+    fetches.schedule(page_fetches)
     ledger.mark_scheduled(report_id)
     return []
 

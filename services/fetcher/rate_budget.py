@@ -24,7 +24,10 @@ from shared.handling import Cancellations
 WINDOW_SECONDS = 60.0
 # Our grant and GitHub's count happen at slightly different moments (one request's way there): a
 # little slack keeps two requests granted one window apart from landing just inside one at GitHub.
+# A request may leave a busy fetcher a few hundred milliseconds after its grant, so never less than a
+# quarter of a second, whatever the window.
 MAX_SAFETY_MARGIN_SECONDS = 1.0
+MIN_SAFETY_MARGIN_SECONDS = 0.25
 SAFETY_MARGIN_SHARE = 0.02
 # A waiting page that has not come back this long after its turn is taken to be lost.
 LEASE_GRACE_SECONDS = 30.0
@@ -133,6 +136,24 @@ return {'', wait, position, report_wait, first}
 """
 )
 
+# KEYS: line, leases, reports, tickets per report; ARGV: grace ms, then ticket and score pairs
+_JOIN = (
+    _COMMON
+    + """
+local lease = now + tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local ticket, score = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('ZADD', KEYS[1], 'NX', score, ticket) == 1 then
+    local report = report_of(ticket)
+    redis.call('ZADD', KEYS[3], 'NX', score, report)
+    redis.call('HINCRBY', KEYS[4], report, 1)
+    redis.call('HSET', KEYS[2], ticket, lease)
+  end
+end
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
 # KEYS: line, leases, reports, tickets per report; ARGV: tickets
 _WITHDRAW = (
     _COMMON
@@ -182,16 +203,24 @@ class RedisRequestBudget:
         prefix = f"hotrepos:github:budget:{scope}"
         self._line_keys = [f"{prefix}:line", f"{prefix}:leases", f"{prefix}:reports", f"{prefix}:tickets"]
         self._log_key, self._blocked_key, self._flight_key = prefix, f"{prefix}:blocked", f"{prefix}:flight"
-        margin = min(MAX_SAFETY_MARGIN_SECONDS, window_seconds * SAFETY_MARGIN_SHARE)
+        margin = min(MAX_SAFETY_MARGIN_SECONDS, max(MIN_SAFETY_MARGIN_SECONDS, window_seconds * SAFETY_MARGIN_SHARE))
         self._window_ms = int((window_seconds + margin) * 1000)
         self._hold_ms = int(hold_seconds * 1000)
         self._grace_ms = int(lease_grace_seconds * 1000)
         self._take = redis_client.register_script(_TAKE)
         self._withdraw = redis_client.register_script(_WITHDRAW)
+        self._join = redis_client.register_script(_JOIN)
         self._block = redis_client.register_script(_BLOCK)
 
+    def join(self, tickets: list[BudgetTicket]) -> None:
+        """Pages take their place in line as their report arrives, before their fetches even start, so
+        that pages whose tasks run sooner cannot pass them."""
+        if tickets:
+            pairs = [value for ticket in tickets for value in (ticket.id, _score(ticket))]
+            self._join(keys=self._line_keys, args=[self._grace_ms, *pairs])
+
     def take(self, ticket: BudgetTicket) -> Grant:
-        score = _RANK[ticket.priority] * _PRIORITY_SPAN + int(ticket.queued_at.timestamp() * 1000)
+        score = _score(ticket)
         granted, wait_ms, position, report_wait_ms, first = self._take(
             keys=[*self._line_keys, self._log_key, self._blocked_key, self._flight_key],
             args=[
@@ -227,6 +256,10 @@ class RedisRequestBudget:
     def block_for(self, seconds: float) -> None:
         """GitHub said the budget is spent (someone else uses the token too): every replica waits."""
         self._block(keys=[self._blocked_key], args=[max(1, int(seconds * 1000))])
+
+
+def _score(ticket: BudgetTicket) -> int:
+    return _RANK[ticket.priority] * _PRIORITY_SPAN + int(ticket.queued_at.timestamp() * 1000)
 
 
 class CancellationsLeavingTheLine:

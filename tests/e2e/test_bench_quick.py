@@ -38,6 +38,19 @@ FIGURES: list[tuple[str, ...]] = [
         for name in ("requests", "upstream_calls", "full_answers", "not_modified", "rate_limited", "answered")
     ),
     *(
+        ("backlog", run, *name)
+        for run in ("1_fetchers", "4_fetchers")
+        for name in (
+            ("exported",),
+            ("failed",),
+            ("rate_limited",),
+            ("budget_use",),
+            ("finished_before_a_person",),
+            ("median_wait_to_first_page_seconds", "interactive"),
+            ("median_wait_to_first_page_seconds", "scheduled"),
+        )
+    ),
+    *(
         ("memory", design, name)
         for design in ("hotrepos", "baseline")
         for name in ("stack_peak_rss_mb", "sum_of_peaks_mb")
@@ -56,6 +69,11 @@ FIGURES: list[tuple[str, ...]] = [
             "budget_upstream_calls_identical",
             "budget_rate_limit_errors",
             "budget_every_request_answered",
+            "backlog_exported",
+            "backlog_failed",
+            "backlog_rate_limit_answers",
+            "backlog_budget_use",
+            "backlog_people_first",
             "memory_stack_peak_mb",
         )
     ),

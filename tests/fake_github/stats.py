@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -26,11 +27,16 @@ class RequestStats:
             self._faults: Counter[str] = Counter()
             self._rate_limited = 0
             self._not_modified = 0
+            self._first_request_at: float | None = None
+            self._last_request_at: float | None = None
 
     def record_request(self, token: str | None, page: int | None) -> None:
         """Count an API request as it arrives (control requests are not counted)."""
+        now = time.time()
         with self._lock:
             self._requests += 1
+            self._first_request_at = self._first_request_at or now
+            self._last_request_at = now
             self._by_token[token or ANONYMOUS] += 1
             if page is not None:
                 self._by_page[page] += 1
@@ -58,4 +64,7 @@ class RequestStats:
                 "not_modified": self._not_modified,
                 "by_token": dict(sorted(self._by_token.items())),
                 "faults": dict(sorted(self._faults.items())),
+                # Epoch seconds of the first and last API request since the last reset (None before any).
+                "first_request_at": self._first_request_at,
+                "last_request_at": self._last_request_at,
             }

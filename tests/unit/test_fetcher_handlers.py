@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from typing import Any
 
 import pytest
 
@@ -84,6 +85,23 @@ def test_every_page_of_a_request_waits_in_line_with_its_priority_and_arrival(pri
     tickets = [fetch.ticket() for fetch in fetches.scheduled]
     assert {(ticket.priority, ticket.queued_at) for ticket in tickets} == {(priority, NOW)}
     assert [ticket.id for ticket in tickets] == [f"r-1:{page}" for page in range(1, PAGES_PER_REPORT + 1)]
+
+
+def test_a_requests_pages_join_the_line_for_budget_before_their_fetches_start() -> None:
+    joined: list[list[str]] = []
+    fetches = ScheduledFetches()
+
+    class Line:
+        def join(self, tickets: list[Any]) -> None:
+            assert not fetches.scheduled, "the fetches were scheduled before their pages joined the line"
+            joined.append([ticket.id for ticket in tickets])
+
+    data = ReportRequested(report_id="r-1", period="week")
+    handle_report_requested(
+        data, meta_of(data), today=lambda: TODAY, now=lambda: NOW, fetches=fetches, ledger=Ledger(), line=Line()
+    )
+    assert joined == [[f"r-1:{page}" for page in range(1, PAGES_PER_REPORT + 1)]]
+    assert len(fetches.scheduled) == PAGES_PER_REPORT
 
 
 def test_a_request_without_a_priority_is_interactive() -> None:
