@@ -131,7 +131,11 @@ class HotreposSystem:
                 self.amqp_url,
                 bindings=(("hotrepos.events", "report.exported"), ("hotrepos.events", "report.failed")),
             )
-            self._connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+            parameters = pika.URLParameters(self.amqp_url)
+            # The bench publishes in bursts minutes apart (the backlog waits for its last report): a
+            # blocking connection sends no heartbeats while idle, so none are agreed.
+            parameters.heartbeat = 0
+            self._connection = pika.BlockingConnection(parameters)
             self._channel = self._connection.channel()
         except BaseException:
             self.stop()

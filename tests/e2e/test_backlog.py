@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
+import re
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -19,12 +23,14 @@ from typing import Any
 import pytest
 import redis
 import requests
+from playwright.sync_api import expect
 
 from services.fetcher.github_cache import github_scope
 from shared.events import PAGES_PER_REPORT
 from tests.fake_github import FakeGitHub
 from tests.support.amqp import EventListener, cloud_event, dead_letters, publish
 from tests.support.broker import Broker
+from tests.support.browser import chromium
 from tests.support.pipeline import Gateway, Pipeline, running_pipeline
 from tests.support.smtp import SmtpSink
 from tests.support.waiting import eventually
@@ -216,6 +222,54 @@ def test_a_cancelled_report_leaves_the_line(
     # Nothing of the cancelled report was fetched: its place went to the reports behind it.
     assert not listener.of("report.page.fetched", cancelled)
     assert github.stats()["requests"] == 5 * PAGES_PER_REPORT
+
+
+def test_the_command_line_tells_a_bulk_job_its_place_while_it_waits(
+    backlog: tuple[Pipeline, Gateway], listener: EventListener
+) -> None:
+    pipeline, _ = backlog
+    ahead = [request(pipeline, "scheduled", "ahead") for _ in range(6)]
+    command = ["request", "--period", "week", "--priority", "bulk", "--wait", "--timeout", "120"]
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "hotrepos"), *command],
+        env={**os.environ, "AMQP_URL": pipeline.amqp_url},
+        capture_output=True,
+        text=True,
+        timeout=150,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "waiting for GitHub: " in done.stderr and " ahead, about " in done.stderr, done.stderr
+    assert Path(done.stdout.strip()).name.startswith("hotrepos-week-")
+    [asked] = [e for e in listener.events if e["type"] == "report.requested" and e["source"] == "hotrepos/cli"]
+    assert asked["data"]["priority"] == "bulk"
+    # It waited behind every scheduled report.
+    assert index_of(listener, "report.exported", asked["data"]["report_id"]) > max(
+        index_of(listener, "report.exported", report_id) for report_id in outcomes(listener, ahead, timeout=60)
+    )
+
+
+def test_the_page_shows_a_person_their_place_and_the_wait_going_down(
+    backlog: tuple[Pipeline, Gateway], listener: EventListener
+) -> None:
+    pipeline, gateway = backlog
+    ahead = [request(pipeline, None, "people") for _ in range(4)]
+    with chromium() as browser:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(gateway.url)
+        page.select_option("#period", "day")
+        page.click("#generate")
+        state = page.locator("#state")
+        expect(state).to_contain_text("Waiting for GitHub: ", timeout=30_000)
+        seen = state.inner_text()
+        assert re.fullmatch(r"Waiting for GitHub: \d+ ahead, about \d+ s", seen), seen
+        # The estimate counts down between updates.
+        expect(state).not_to_have_text(seen, timeout=5_000)
+        expect(state).to_contain_text("Done: ", timeout=90_000)
+        assert errors == []
+    outcomes(listener, ahead, timeout=60)
 
 
 def test_an_unknown_priority_is_dead_lettered_with_its_reason(
