@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import requests
+import structlog
 from pydantic import BaseModel, ValidationError
 
 from services.fetcher.github_cache import RedisPageCache, github_scope
@@ -25,6 +26,8 @@ from services.fetcher.search import (
 )
 from shared import metrics, tracing
 from shared.events import ITEMS_PER_PAGE, Repository
+
+log = structlog.get_logger("hotrepos.fetcher")
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
@@ -200,7 +203,11 @@ class GitHubClient:
             raise RetryableGitHubError(f"GitHub unreachable on page {page}: {exc}") from exc
         finally:
             if slot is not None and self.budget is not None:
-                self.budget.finish(slot, counted=counted)
+                try:
+                    self.budget.finish(slot, counted=counted)
+                except Exception as exc:
+                    # The answer (or the error) is what matters; the slot's record expires on its own.
+                    log.warning("budget.finish_failed", error=str(exc))
         metrics.GITHUB_REQUESTS.labels(status=str(response.status_code)).inc()
         remaining = response.headers.get("X-RateLimit-Remaining")
         if remaining and remaining.isdigit():

@@ -33,6 +33,8 @@ SAFETY_MARGIN_SHARE = 0.02
 LEASE_GRACE_SECONDS = 30.0
 # How long a granted request may hold back lower priorities if it never says it finished.
 DEFAULT_HOLD_SECONDS = 40.0
+# A cancelled report's pages may still be on their way for this long (a retry in the delay levels).
+WITHDRAWN_SECONDS = 24 * 3600
 # Within one priority, pages are ordered by the millisecond their report arrived.
 _PRIORITY_SPAN = 10**13
 _RANK = {priority: rank for rank, priority in enumerate(PRIORITIES)}
@@ -44,6 +46,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function report_of(ticket)
   return string.match(ticket, '^(.*:)[^:]*$')
+end
+-- The line's keys outlive any lease, and go when nobody has asked for a day.
+local function keep_line()
+  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], 86400000) end
 end
 local function leave(ticket)
   if redis.call('ZREM', KEYS[1], ticket) == 1 then
@@ -57,7 +63,7 @@ local function leave(ticket)
 end
 """
 
-# KEYS: line, leases, reports, tickets per report, log, blocked, in flight
+# KEYS: line, leases, reports, tickets per report, log, blocked, in flight, the report's withdrawal
 # ARGV: limit, window ms, ticket, score, slot, hold ms, grace ms
 _TAKE = (
     _COMMON
@@ -68,6 +74,10 @@ local ticket, score, slot = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local hold, grace = tonumber(ARGV[6]), tonumber(ARGV[7])
 local rank_of_class = function(s) return math.floor(s / 1e13) end
 local report = report_of(ticket)
+-- A cancelled report's page asking again (it was already on its way) does not take a place back.
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  return {'', 1000, 0, 1000, 0}
+end
 
 -- Pages whose task never came back leave the head of the line, so that they cannot block it.
 for _, head in ipairs(redis.call('ZRANGE', KEYS[1], 0, limit - 1)) do
@@ -80,6 +90,7 @@ if redis.call('ZADD', KEYS[1], 'NX', score, ticket) == 1 then
   redis.call('ZADD', KEYS[3], 'NX', score, report)
   redis.call('HINCRBY', KEYS[4], report, 1)
 end
+keep_line()
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - window)
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
 local blocked = tonumber(redis.call('GET', KEYS[6]) or '0')
@@ -136,10 +147,14 @@ return {'', wait, position, report_wait, first}
 """
 )
 
-# KEYS: line, leases, reports, tickets per report; ARGV: grace ms, then ticket and score pairs
+# KEYS: line, leases, reports, tickets per report, the report's withdrawal
+# ARGV: grace ms, then ticket and score pairs
 _JOIN = (
     _COMMON
     + """
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  return redis.call('ZCARD', KEYS[1])
+end
 local lease = now + tonumber(ARGV[1])
 for i = 2, #ARGV, 2 do
   local ticket, score = ARGV[i], tonumber(ARGV[i + 1])
@@ -150,15 +165,21 @@ for i = 2, #ARGV, 2 do
     redis.call('HSET', KEYS[2], ticket, lease)
   end
 end
+keep_line()
 return redis.call('ZCARD', KEYS[1])
 """
 )
 
-# KEYS: line, leases, reports, tickets per report; ARGV: tickets
+# KEYS: line, leases, reports, tickets per report, and a report's withdrawal when it is cancelled
+# ARGV: how long the withdrawal holds (ms, 0 for none), then tickets
 _WITHDRAW = (
     _COMMON
     + """
-for _, ticket in ipairs(ARGV) do leave(ticket) end
+local holds = tonumber(ARGV[1])
+if holds > 0 then
+  redis.call('SET', KEYS[5], 1, 'PX', holds)
+end
+for i = 2, #ARGV do leave(ARGV[i]) end
 return redis.call('ZCARD', KEYS[1])
 """
 )
@@ -217,12 +238,20 @@ class RedisRequestBudget:
         that pages whose tasks run sooner cannot pass them."""
         if tickets:
             pairs = [value for ticket in tickets for value in (ticket.id, _score(ticket))]
-            self._join(keys=self._line_keys, args=[self._grace_ms, *pairs])
+            self._join(
+                keys=[*self._line_keys, self._withdrawn_key(tickets[0].report_id)], args=[self._grace_ms, *pairs]
+            )
 
     def take(self, ticket: BudgetTicket) -> Grant:
         score = _score(ticket)
         granted, wait_ms, position, report_wait_ms, first = self._take(
-            keys=[*self._line_keys, self._log_key, self._blocked_key, self._flight_key],
+            keys=[
+                *self._line_keys,
+                self._log_key,
+                self._blocked_key,
+                self._flight_key,
+                self._withdrawn_key(ticket.report_id),
+            ],
             args=[
                 self.limit,
                 self._window_ms,
@@ -246,8 +275,19 @@ class RedisRequestBudget:
             pipe.execute()
 
     def withdraw(self, tickets: list[str]) -> int:
-        """Take pages out of the line (served from the cache, or their report cancelled); the line's length."""
-        return int(self._withdraw(keys=self._line_keys, args=tickets)) if tickets else 0
+        """Take pages out of the line (served from the cache); the line's length."""
+        if not tickets:
+            return 0
+        return int(self._withdraw(keys=[*self._line_keys, self._withdrawn_key("-")], args=[0, *tickets]))
+
+    def withdraw_report(self, report_id: str, pages: int) -> int:
+        """A cancelled report leaves the line for good: a page of it still on its way cannot join again."""
+        tickets = [ticket_id(report_id, page) for page in range(1, pages + 1)]
+        keys = [*self._line_keys, self._withdrawn_key(report_id)]
+        return int(self._withdraw(keys=keys, args=[WITHDRAWN_SECONDS * 1000, *tickets]))
+
+    def _withdrawn_key(self, report_id: str) -> str:
+        return f"{self._log_key}:withdrawn:{report_id}"
 
     def waiting(self) -> int:
         """Pages in the line."""
@@ -271,7 +311,7 @@ class CancellationsLeavingTheLine:
 
     def cancel(self, report_id: str) -> None:
         self._cancellations.cancel(report_id)
-        self._budget.withdraw([ticket_id(report_id, page) for page in range(1, PAGES_PER_REPORT + 1)])
+        self._budget.withdraw_report(report_id, PAGES_PER_REPORT)
 
     def is_cancelled(self, report_id: str) -> bool:
         return self._cancellations.is_cancelled(report_id)

@@ -148,7 +148,8 @@ def register_fetch_page_task(app: Celery, pipeline: DeliveryPipeline) -> None:
             raise Reject(exc.reason, requeue=True) from exc
 
     @app.task(name=FETCH_PAGE_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
-    def fetch_page_task(self: Any, message: str, crashes: int = 0, waits: int = 0) -> None:
+    def fetch_page_task(self: Any, message: str, crashes: int = 0, waits: int = 0, **later: Any) -> None:
+        # `later`: counters a newer release may carry, which a replica of this one ignores in an upgrade.
         verdict = pipeline.process(TaskDelivery(message, self.request.retries, crashes, waits))
         if isinstance(verdict, Ack):
             return
