@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from bench import scenarios
+from bench import profile, scenarios
 from bench.fake_github import FakeGitHubProcess
 from bench.systems import BaselineSystem, HotreposSystem
 from tests.support.broker import Broker, test_broker
@@ -37,6 +37,8 @@ SPEED_ENV = {"GITHUB_CACHE_SECONDS": "0", "GITHUB_RATE_LIMIT_REQUESTS": "1000000
 # Budget runs use the shipped defaults for the cache and the budget.
 BUDGET_ENV: dict[str, str] = {}
 FIGURES = ("speed", "scale_out", "budget", "backlog")
+# Run only when asked for: py-spy on every service, which slows what it watches.
+ON_DEMAND = ("profile",)
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,14 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return checks
 
 
-def run(plan: Plan, mode: str, redis_base: str, workdir: Path, figures: tuple[str, ...] = FIGURES) -> dict[str, Any]:
+def run(
+    plan: Plan,
+    mode: str,
+    redis_base: str,
+    workdir: Path,
+    figures: tuple[str, ...] = FIGURES,
+    profiles_dir: Path = RESULTS_DIR / "profiles",
+) -> dict[str, Any]:
     hot_redis, base_redis = f"{redis_base}/12", f"{redis_base}/13"
     today = dt.datetime.now(dt.UTC).date()
     results: dict[str, Any] = {"mode": mode, "date": today.isoformat(), "plan": dict(vars(plan))}
@@ -234,6 +243,15 @@ def run(plan: Plan, mode: str, redis_base: str, workdir: Path, figures: tuple[st
                     measure_budget(plan, results, hot, github, hot_redis)
                 if "backlog" in figures:
                     measure_backlog(plan, results, hot, github, hot_redis)
+                if "profile" in figures:
+                    log(f"profile: py-spy on every service, {plan.throughput_rounds} bursts")
+                    results["profile"] = profile.profile(
+                        hot,
+                        github,
+                        reports=plan.throughput_reports,
+                        rounds=plan.throughput_rounds,
+                        out_dir=profiles_dir,
+                    )
             forget_pipeline_state(hot_redis)
     finally:
         github.stop()
@@ -372,14 +390,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=FIGURES,
-        help="measure only this figure (repeatable); the results file is named after it",
+        choices=FIGURES + ON_DEMAND,
+        help="measure only this figure (repeatable); the results file is named after it. `profile` (py-spy "
+        "on every service under the throughput run) runs only when asked for",
     )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    figures = tuple(f for f in FIGURES if f in args.only) if args.only else FIGURES
+    figures = tuple(f for f in FIGURES + ON_DEMAND if f in args.only) if args.only else FIGURES
+    today = dt.datetime.now(dt.UTC).date().isoformat()
     with tempfile.TemporaryDirectory(prefix="hotrepos-bench-") as temporary:
-        results = run(QUICK if args.quick else FULL, mode, args.redis.rstrip("/"), Path(temporary), figures)
+        results = run(
+            QUICK if args.quick else FULL,
+            mode,
+            args.redis.rstrip("/"),
+            Path(temporary),
+            figures,
+            profiles_dir=args.out / "profiles" / f"{today}-{mode}",
+        )
     text = json.dumps(results, indent=2)
     args.out.mkdir(parents=True, exist_ok=True)
     only = "" if figures == FIGURES else "-" + "-".join(figures)
