@@ -80,8 +80,8 @@ def main() -> None:
     try:
         service.run(
             {
-                WEBHOOKS_EXPORTED: {"report.exported": Route(exported)},
-                WEBHOOKS_FAILED: {"report.failed": Route(failed)},
+                WEBHOOKS_EXPORTED: {"report.exported": Route(exported, forwards_envelope=True)},
+                WEBHOOKS_FAILED: {"report.failed": Route(failed, forwards_envelope=True)},
                 WEBHOOKS_DELIVERIES: {WEBHOOK_DELIVERY: Route(deliver, model=WebhookDelivery)},
             },
             # One delivery at a time per replica, and a slow receiver holds its timeout: a small prefetch

@@ -87,6 +87,35 @@ def test_what_cannot_be_decoded_is_dead_lettered_with_its_reason(delivery: Deliv
     assert probe.calls == [] and probe.publisher.events == []
 
 
+def test_an_event_is_decoded_in_one_pass_to_its_model_with_its_envelope() -> None:
+    probe = Probe()
+    body = cloud_event("report.requested", {"report_id": "r-1", "period": "day"}, locale="fr", correlationid="c-1")
+    probe.pipeline.process(Delivery(json.dumps(body).encode()))
+    [(data, meta)] = probe.calls
+    assert data == ReportRequested(report_id="r-1", period="day")
+    assert (meta.id, meta.locale, meta.correlationid) == (body["id"], "fr", "c-1")
+    assert meta.cloud_event is not None and meta.cloud_event.source == "tests/pika"
+
+
+def test_a_handler_that_forwards_the_envelope_gets_the_data_as_it_came() -> None:
+    calls: list[EventMeta] = []
+    pipeline = DeliveryPipeline(
+        service="probe",
+        queue=QUEUE,
+        routes={"report.requested": Route(lambda data, meta: calls.append(meta), forwards_envelope=True)},
+        publisher=RecordingPublisher(),
+        outcomes=OutcomePublisher(InMemoryOutcomes(), RecordingPublisher()),
+        cancellations=InMemoryCancellations(),
+    )
+    pipeline.process(request("r-1", notify=None))
+    [meta] = calls
+    assert meta.cloud_event is not None and meta.cloud_event.data == {
+        "report_id": "r-1",
+        "period": "day",
+        "notify": None,
+    }
+
+
 def test_data_that_fails_its_schema_fails_the_report_once_and_is_dead_lettered() -> None:
     probe = Probe()
     verdict = probe.pipeline.process(request("r-bad", period="year"))
