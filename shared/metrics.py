@@ -19,6 +19,10 @@ GITHUB_REQUESTS = Counter("hotrepos_github_requests_total", "GitHub API requests
 GITHUB_RATE_LIMIT_REMAINING = Gauge(
     "hotrepos_github_rate_limit_remaining", "X-RateLimit-Remaining of the last GitHub answer"
 )
+GITHUB_BUDGET_WAITING = Gauge(
+    "hotrepos_github_budget_waiting_pages",
+    "Pages waiting in line for GitHub's search budget, every replica's, as this replica last saw the line",
+)
 EMAILS = Counter("hotrepos_emails_total", "Emails, by kind and outcome", ["kind", "outcome"])
 WEBHOOK_DELIVERIES = Counter(
     "hotrepos_webhook_deliveries_total",

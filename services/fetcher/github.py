@@ -171,6 +171,7 @@ class GitHubClient:
         deadline = time.monotonic() + MAX_BUDGET_WAIT_IN_THREAD
         while True:
             grant = self.budget.take(ticket)
+            metrics.GITHUB_BUDGET_WAITING.set(grant.pages_waiting)
             if grant.slot is not None:
                 return grant.slot
             if time.monotonic() + grant.wait_seconds > deadline:

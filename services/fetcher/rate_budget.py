@@ -115,7 +115,7 @@ if blocked <= now and rank < free then
     redis.call('PEXPIRE', KEYS[5], window)
     redis.call('ZADD', KEYS[7], now + hold, granted)
     redis.call('PEXPIRE', KEYS[7], hold)
-    return {granted, 0, 0, 0, 0}
+    return {granted, 0, 0, 0, 0, redis.call('ZCARD', KEYS[1])}
   end
 end
 
@@ -143,7 +143,7 @@ if first == 1 then
   report_wait = math.max(1, turn(rank + pages - 1) - now, delay)
 end
 redis.call('HSET', KEYS[2], ticket, now + wait + grace)
-return {'', wait, position, report_wait, first}
+return {'', wait, position, report_wait, first, redis.call('ZCARD', KEYS[1])}
 """
 )
 
@@ -204,6 +204,7 @@ class Grant:
     position: int = 0
     report_wait_seconds: float = 0.0
     first_of_report: bool = False
+    pages_waiting: int = 0
 
 
 class RedisRequestBudget:
@@ -244,7 +245,7 @@ class RedisRequestBudget:
 
     def take(self, ticket: BudgetTicket) -> Grant:
         score = _score(ticket)
-        granted, wait_ms, position, report_wait_ms, first = self._take(
+        granted, wait_ms, position, report_wait_ms, first, *waiting = self._take(
             keys=[
                 *self._line_keys,
                 self._log_key,
@@ -262,9 +263,12 @@ class RedisRequestBudget:
                 self._grace_ms,
             ],
         )
+        pages_waiting = int(waiting[0]) if waiting else 0
         if granted:
-            return Grant(granted.decode() if isinstance(granted, bytes) else str(granted), 0.0)
-        return Grant(None, int(wait_ms) / 1000, int(position), int(report_wait_ms) / 1000, bool(first))
+            return Grant(
+                granted.decode() if isinstance(granted, bytes) else str(granted), 0.0, pages_waiting=pages_waiting
+            )
+        return Grant(None, int(wait_ms) / 1000, int(position), int(report_wait_ms) / 1000, bool(first), pages_waiting)
 
     def finish(self, slot: str, *, counted: bool = True) -> None:
         """The request a slot paid for is over; one GitHub did not count (a 304) gives its slot back."""
