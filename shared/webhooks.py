@@ -54,6 +54,8 @@ class WebhookSubscription(BaseModel):
     description: str | None = None
     secret: str | None = None
     created_at: dt.datetime
+    # Who created it (the gateway's identity): only they and admins manage it; None from before owners.
+    owner: str | None = None
 
 
 class DeliveryRecord(BaseModel):
