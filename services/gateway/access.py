@@ -21,8 +21,8 @@ from pydantic import BeforeValidator, EmailStr, TypeAdapter, ValidationError
 from pydantic_settings import NoDecode
 
 from services.gateway.hardening import log_refusal
-from services.gateway.store import is_scheduled_report
 from shared.api_tokens import ApiToken, token_digest
+from shared.ownership import is_scheduled_report
 from shared.progress import ReportStatus
 
 AuthMode = Literal["token", "proxy", "none"]

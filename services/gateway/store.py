@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from shared.events import EventData, report_id_of
 from shared.handling import EventMeta
+from shared.ownership import RedisReportOwners, is_scheduled_report, owner_key
 from shared.progress import ReportStatus, apply_event
 from shared.stored import decode_stored
 
@@ -34,21 +35,12 @@ class ReportStatuses(Protocol):
     def owner_of(self, report_id: str) -> str | None: ...
 
 
-def is_scheduled_report(report_id: str, priority: str | None) -> bool:
-    """A report the schedule asked for (beat names them scheduled-...): it belongs to everyone."""
-    return priority == "scheduled" or report_id.startswith("scheduled-")
-
-
 def status_key(report_id: str) -> str:
     return f"hotrepos:gateway:report:{report_id}"
 
 
 def progress_channel(report_id: str) -> str:
     return f"hotrepos:gateway:progress:{report_id}"
-
-
-def owner_key(report_id: str) -> str:
-    return f"hotrepos:gateway:owner:{report_id}"
 
 
 def owned_history_key(owner: str) -> str:
@@ -109,8 +101,7 @@ class RedisReportStatuses:
         pipe.execute()
 
     def owner_of(self, report_id: str) -> str | None:
-        owner = self._redis.get(owner_key(report_id))
-        return owner.decode() if isinstance(owner, bytes) else owner
+        return RedisReportOwners(self._redis).owner_of(report_id)
 
     def recent(self, *, offset: int, limit: int, visible_to: str | None = None) -> tuple[list[ReportStatus], int]:
         """A page of the history, newest first, and the history's length; with visible_to, only that

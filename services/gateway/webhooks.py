@@ -161,6 +161,7 @@ def webhook_routes(admin: WebhookAdmin) -> APIRouter:
             secret=new_secret() if order.format == "standard" else None,
             created_at=admin.clock(),
             owner=identity.name,
+            owner_admin=identity.admin,
         )
         admin.subscriptions.add(subscription)
         log.info("webhook.added", webhook_id=subscription.id, format=subscription.format, identity=identity.name)

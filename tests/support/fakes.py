@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.gateway.idempotency import IdempotentRequest
-from services.gateway.store import is_scheduled_report
 from services.notifier.templates import Email
 from shared.api_tokens import ApiToken, token_digest
 from shared.events import CloudEvent, EventData, event_type_of, new_event_id, report_id_of
 from shared.handling import Claim, EventMeta
+from shared.ownership import is_scheduled_report
 from shared.progress import ReportStatus, apply_event
 from shared.webhooks import DeliveryRecord, WebhookSubscription
 
