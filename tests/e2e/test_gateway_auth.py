@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import TODAY
 from tests.e2e.test_gateway_api import read_stream, wait_for_state
+from tests.fake_github import FakeGitHub
 from tests.support.pipeline import Gateway, Pipeline
 from tests.support.services import ROOT
 from tests.support.waiting import eventually
@@ -181,3 +182,30 @@ def test_the_gateway_refuses_none_on_a_non_loopback_address_before_connecting_to
     assert done.returncode == 2, done.stderr
     assert time.monotonic() - started < 15  # it never tried the broker, which would not answer
     assert "GATEWAY_AUTH" in done.stderr and "loopback" in done.stderr and "0.0.0.0" in done.stderr
+
+
+def test_an_open_stream_ends_within_a_second_or_two_once_its_token_is_revoked(
+    pipeline: Pipeline, clients: tuple[httpx.Client, httpx.Client], fake_github: FakeGitHub
+) -> None:
+    name = new_name("watcher")
+    token, admin = pipeline.create_token(name), pipeline.create_token(new_name("admin"), admin=True)
+    # GitHub holds the last page off, so the report stays in flight and its stream stays open.
+    fake_github.add_fault("retry_after", page=5, times=None, seconds=30)
+    order = {"period": "week", "ref_date": (TODAY - dt.timedelta(days=20)).isoformat()}
+    report_id = clients[0].post("/api/reports", json=order, headers=bearer(token)).json()["report_id"]
+    try:
+        with clients[1].stream(
+            "GET", f"/api/reports/{report_id}/events", headers=bearer(token), timeout=httpx.Timeout(30, read=30)
+        ) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data:"))
+            pipeline.tokens("revoke", name)
+            revoked = time.monotonic()
+            for _ in lines:
+                pass  # until the gateway ends the stream
+            assert time.monotonic() - revoked < 3
+        assert clients[0].get(f"/api/reports/{report_id}", headers=bearer(token)).status_code == 401
+    finally:
+        clients[0].delete(f"/api/reports/{report_id}", headers=bearer(admin))
+        fake_github.reset()
