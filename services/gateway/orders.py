@@ -83,11 +83,8 @@ def place_order(
         return request.report_id
     # The same period of the same day: what a report with no ref_date covers depends on the day.
     order_hash = _hash_of(order.model_copy(update={"ref_date": order.ref_date or today}), locale)
-    in_flight = _in_flight(ordering, requester, order_hash)
+    in_flight = _join_in_flight(ordering, requester, order_hash, scoped_key, request)
     if in_flight is not None:
-        log.info("report.joined", report_id=in_flight, identity=requester.name)
-        if scoped_key is not None:
-            ordering.idempotency.mark_published(scoped_key, request.model_copy(update={"report_id": in_flight}))
         return in_flight
     retry_after = ordering.quota.take(requester.name)
     if retry_after is not None:
@@ -114,14 +111,21 @@ def _publish_new(
     return event
 
 
-def _in_flight(ordering: Ordering, requester: Identity, order_hash: str) -> str | None:
-    """The requester's report of this very order, if it has not finished yet."""
+def _join_in_flight(
+    ordering: Ordering, requester: Identity, order_hash: str, scoped_key: str | None, request: IdempotentRequest
+) -> str | None:
+    """The requester's report of this very order, if it has not finished yet; the key then stands for it."""
     report_id = ordering.recent_orders.last(requester.name, order_hash)
     if report_id is None:
         return None
     status = ordering.statuses.get(report_id)
     # Not folded yet (Redis hiccuped after the broker confirmed it): it is in flight all the same.
-    return report_id if status is None or not status.terminal else None
+    if status is not None and status.terminal:
+        return None
+    log.info("report.joined", report_id=report_id, identity=requester.name)
+    if scoped_key is not None:
+        ordering.idempotency.mark_published(scoped_key, request.model_copy(update={"report_id": report_id}))
+    return report_id
 
 
 def _hash_of(order: ReportOrder, locale: str | None) -> str:

@@ -221,7 +221,12 @@ def test_an_identical_order_in_flight_is_that_report_and_once_it_is_over_a_new_o
     assert order_as(api, "alice", layout="by-language", ref_date="2026-11-22") == first  # today, spelt out
     assert order_as(api, "alice", layout="rows") != first
     assert order_as(api, "bob", layout="by-language") != first
+    keyed = {**bearer("alice"), "Idempotency-Key": "k-1"}
+    order = {"period": "week", "layout": "by-language"}
+    assert api.post("/api/reports", json=order, headers=keyed).json()["report_id"] == first
     fold_lifecycle(gateway, first)
+    # The key stands for the report it joined: its retry finds that one, finished or not.
+    assert api.post("/api/reports", json=order, headers=keyed).json()["report_id"] == first
     assert order_as(api, "alice", layout="by-language") != first
     assert gateway.publisher.types().count("report.requested") == 4
 
