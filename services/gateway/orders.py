@@ -86,12 +86,24 @@ def place_order(
     in_flight = _join_in_flight(ordering, requester, order_hash, scoped_key, request)
     if in_flight is not None:
         return in_flight
-    retry_after = ordering.quota.take(requester.name)
+    retry_after = ordering.quota.take(requester.name, request.report_id)
     if retry_after is not None:
         raise QuotaExceeded(requester.name, retry_after)
-    event = _publish_new(ordering, request, order, locale, requester)
+    try:
+        event = _publish_new(ordering, request, order, locale, requester)
+    except Exception:
+        _give_back(ordering, requester, request.report_id)
+        raise
     _after_publishing(ordering, scoped_key, request, requester, order_hash, event)
     return request.report_id
+
+
+def _give_back(ordering: Ordering, requester: Identity, report_id: str) -> None:
+    """A request that was not placed (the broker or Redis did not answer) leaves the quota as it was."""
+    try:
+        ordering.quota.give_back(requester.name, report_id)
+    except ordering.store_errors as exc:
+        log.warning("quota.not_given_back", error=str(exc), report_id=report_id)
 
 
 def _publish_new(

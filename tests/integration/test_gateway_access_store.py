@@ -22,13 +22,17 @@ def test_the_quota_is_shared_by_every_replica_and_says_when_to_retry(redis_url: 
     identity = f"quota-{uuid.uuid4().hex[:8]}"
     now = [1_000_000.0]
     replicas = [RedisRequestQuota(client(redis_url), 3, clock=lambda: now[0]) for _ in range(2)]
-    assert [replicas[n % 2].take(identity) for n in range(3)] == [None, None, None]
-    assert replicas[0].take(identity) == 3600
+    assert [replicas[n % 2].take(identity, f"r-{n}") for n in range(3)] == [None, None, None]
+    assert replicas[0].take(identity, "r-3") == 3600
+    assert replicas[1].take(identity, "r-2") is None  # a retry of a counted request
     now[0] += 600
-    assert replicas[1].take(identity) == 3000
-    assert replicas[1].take("someone-else-" + identity) is None
+    assert replicas[1].take(identity, "r-4") == 3000
+    assert replicas[1].take("someone-else-" + identity, "r-5") is None
+    replicas[0].give_back(identity, "r-1")
+    assert replicas[1].take(identity, "r-6") is None  # r-1 was not placed after all: its place is free
+    assert replicas[1].take(identity, "r-7") == 3000
     now[0] += 3000
-    assert replicas[0].take(identity) is None  # the first request left the window
+    assert replicas[0].take(identity, "r-8") is None  # the first request left the window
 
 
 def test_concurrent_replicas_never_take_more_than_the_quota(redis_url: str) -> None:
@@ -40,7 +44,7 @@ def test_concurrent_replicas_never_take_more_than_the_quota(redis_url: str) -> N
         quota = RedisRequestQuota(client(redis_url), 5)
         start.wait()
         for _ in range(4):
-            taken.append(quota.take(identity) is None)
+            taken.append(quota.take(identity, uuid.uuid4().hex) is None)
 
     threads = [threading.Thread(target=replica) for _ in range(8)]
     for thread in threads:

@@ -28,9 +28,10 @@ from tests.support.fakes import (
     InMemoryApiTokens,
     InMemoryDeliveryRecords,
     InMemoryWebhookSubscriptions,
+    RecordingPublisher,
     meta_of,
 )
-from tests.unit.test_gateway_app import Gateway, TestClient, fold_lifecycle, gateway_over
+from tests.unit.test_gateway_app import DownPublisher, Gateway, TestClient, fold_lifecycle, gateway_over
 
 CREATED = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
 TOKENS = InMemoryApiTokens(
@@ -50,8 +51,25 @@ def bearer(token: str) -> dict[str, str]:
 class Refusing:
     """A quota already spent: the next place frees up in 42 s."""
 
-    def take(self, identity: str) -> float | None:
+    def take(self, identity: str, request_id: str) -> float | None:
         return 42.0
+
+    def give_back(self, identity: str, request_id: str) -> None:
+        raise AssertionError("nothing was taken")
+
+
+class Counting:
+    """A quota that keeps the requests it counts."""
+
+    def __init__(self) -> None:
+        self.taken: set[tuple[str, str]] = set()
+
+    def take(self, identity: str, request_id: str) -> float | None:
+        self.taken.add((identity, request_id))
+        return None
+
+    def give_back(self, identity: str, request_id: str) -> None:
+        self.taken.discard((identity, request_id))
 
 
 def client_over(gateway: Gateway, client: tuple[str, int] = ("testclient", 50000), **changes: Any) -> TestClient:
@@ -239,6 +257,19 @@ def test_past_the_quota_a_request_gets_429_with_retry_after_and_is_logged(gatewa
     assert gateway.publisher.events == []
     [refusal] = [entry for entry in logs if entry["event"] == "request.refused"]
     assert (refusal["status"], refusal["identity"], refusal["reason"]) == (429, "alice", "quota")
+
+
+def test_a_request_the_broker_did_not_take_counts_nothing_and_its_retry_counts_once(tmp_path: Path) -> None:
+    quota = Counting()
+    down = gateway_over(tmp_path, publisher=DownPublisher())
+    with client_over(down, authentication=BY_TOKEN, quota=quota) as api:
+        keyed = {**bearer("alice"), "Idempotency-Key": "k-2"}
+        assert api.post("/api/reports", json={"period": "day"}, headers=keyed).status_code == 503
+        assert quota.taken == set()
+    up = replace(down.deps, publisher=RecordingPublisher())
+    with TestClient(create_app(replace(up, authentication=BY_TOKEN, quota=quota))) as api:
+        report_id = api.post("/api/reports", json={"period": "day"}, headers=keyed).json()["report_id"]
+    assert quota.taken == {("alice", report_id)}
 
 
 def test_a_proxy_is_believed_only_from_a_trusted_address(gateway: Gateway) -> None:
