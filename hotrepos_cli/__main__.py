@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 import structlog
 
-from hotrepos_cli import asyncapi, cancel, dlq, logs, publish, request, schemas, tail, webhooks
+from hotrepos_cli import asyncapi, cancel, dlq, logs, publish, request, schemas, tail, tokens, webhooks
 from shared.pipeline import PublishRefused
 
 # Each module adds its subcommands with register(subparsers) and sets `handler` on its parser.
-COMMAND_MODULES = [cancel, dlq, publish, request, schemas, tail, asyncapi, logs, webhooks]
+COMMAND_MODULES = [cancel, dlq, publish, request, schemas, tail, asyncapi, logs, tokens, webhooks]
 EXIT_REFUSED = 4
 
 

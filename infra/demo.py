@@ -72,6 +72,9 @@ def main() -> int:
             "LOG_DIR": str(log_dir),
             "LOG_LEVEL": "WARNING",
             "GATEWAY_PORT": str(args.port),
+            # The demo's page on this machine only, open to whoever sits at it: no tokens to hand out.
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_AUTH": "none",
         }
         log_dir.mkdir(parents=True, exist_ok=True)
         services_log = (args.var / "services.log").open("a")

@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_settings import NoDecode
 
 from shared.events import EventData, ReportId, derived_event_id
+from shared.ownership import is_scheduled_report
 from shared.stored import decode_stored
 
 # The events a subscriber may ask for: a report's outcome, exported or failed.
@@ -54,6 +55,16 @@ class WebhookSubscription(BaseModel):
     description: str | None = None
     secret: str | None = None
     created_at: dt.datetime
+    # Who created it (the gateway's identity): only they and admins manage it; None from before owners.
+    owner: str | None = None
+    # An admin's subscription hears of every report; anyone else's of their own and the scheduled ones.
+    owner_admin: bool = False
+
+    def hears_of(self, report_id: str, report_owner: str | None) -> bool:
+        """Whether this subscription may hear of the report: its creator may see it."""
+        if self.owner is None or self.owner_admin:
+            return True
+        return report_owner == self.owner or (report_owner is None and is_scheduled_report(report_id))
 
 
 class DeliveryRecord(BaseModel):

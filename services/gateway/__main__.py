@@ -11,8 +11,9 @@ import redis
 import redis.asyncio
 import uvicorn
 from kombu.exceptions import LimitExceeded, OperationalError
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
+from services.gateway.access import Authentication, AuthMode, TrustedProxies, none_only_on_loopback
 from services.gateway.feed import RedisProgressFeed
 from services.gateway.handlers import (
     handle_report_aggregated,
@@ -23,10 +24,12 @@ from services.gateway.handlers import (
     handle_report_requested,
 )
 from services.gateway.hardening import DEFAULT_MAX_BODY_BYTES, CorsOrigins
-from services.gateway.idempotency import RedisIdempotencyKeys
+from services.gateway.idempotency import RedisIdempotencyKeys, RedisRecentOrders
+from services.gateway.quota import RedisRequestQuota, RequestQuota, Unlimited
 from services.gateway.routes import GatewayDependencies, create_app
 from services.gateway.store import RedisReportStatuses
 from services.gateway.webhooks import WebhookAdmin
+from shared.api_tokens import RedisApiTokens
 from shared.bootstrap import BackgroundConsumer, Service, bootstrap
 from shared.events import utc_today
 from shared.pipeline import Route
@@ -43,6 +46,15 @@ PROBE_TIMEOUT_SECONDS = 2
 class GatewaySettings(CommonSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8000, ge=1, le=65535)
+    gateway_auth: AuthMode = Field(
+        default="token", description="token (API tokens), proxy (an authenticating proxy), none (demo, loopback only)"
+    )
+    gateway_trusted_proxies: TrustedProxies = Field(
+        default_factory=list, description="Addresses or networks whose X-Forwarded-User proxy mode believes"
+    )
+    gateway_requests_per_hour: int = Field(
+        default=60, ge=0, description="Report requests per identity per hour, on all replicas together (0: no limit)"
+    )
     reports_dir: Path = Path("reports")
     gateway_debug_faults: bool = Field(default=False, description="Serve /api/_debug/fail (tests only)")
     today: dt.date | None = Field(default=None, description="Pin 'today' (demos and tests only)")
@@ -55,6 +67,12 @@ class GatewaySettings(CommonSettings):
     gateway_max_body_bytes: int = Field(
         default=DEFAULT_MAX_BODY_BYTES, ge=1024, description="A request body over this gets a 413"
     )
+
+    # Checked as the settings are read, so before the gateway connects to anything.
+    @field_validator("gateway_auth")
+    @classmethod
+    def _none_on_loopback_only(cls, mode: AuthMode, info: ValidationInfo) -> AuthMode:
+        return none_only_on_loopback(mode, str(info.data.get("gateway_host", "")))
 
 
 def consume_progress(service: Service, statuses: RedisReportStatuses) -> BackgroundConsumer:
@@ -105,6 +123,11 @@ def main() -> None:
         return checks
 
     pinned_today = settings.today
+    quota: RequestQuota = (
+        RedisRequestQuota(service.redis, settings.gateway_requests_per_hour)
+        if settings.gateway_requests_per_hour
+        else Unlimited()
+    )
     app = create_app(
         GatewayDependencies(
             publisher=publisher,
@@ -121,6 +144,13 @@ def main() -> None:
                 deliveries=RedisDeliveryRecords(service.redis),
                 guard=UrlGuard.allowing(settings.webhook_allowed_hosts),
             ),
+            recent_orders=RedisRecentOrders(service.redis),
+            authentication=Authentication(
+                mode=settings.gateway_auth,
+                tokens=RedisApiTokens(service.redis),
+                trusted_proxies=tuple(settings.gateway_trusted_proxies),
+            ),
+            quota=quota,
             debug_faults=settings.gateway_debug_faults,
             cors_origins=tuple(settings.gateway_cors_origins),
             max_body_bytes=settings.gateway_max_body_bytes,

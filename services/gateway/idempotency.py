@@ -53,3 +53,28 @@ class RedisIdempotencyKeys:
     def _key(key: str) -> str:
         # Hashed: the header is client input of any shape, a Redis key should not be.
         return "hotrepos:gateway:idempotency:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+class RecentOrders(Protocol):
+    """Each identity's latest report per distinct order: an identical order joins it while in flight."""
+
+    def last(self, owner: str, order_hash: str) -> str | None: ...
+
+    def remember(self, owner: str, order_hash: str, report_id: str) -> None: ...
+
+
+class RedisRecentOrders:
+    def __init__(self, redis_client: Any, *, ttl_seconds: int = IDEMPOTENCY_TTL_SECONDS) -> None:
+        self._redis = redis_client
+        self._ttl = ttl_seconds
+
+    def last(self, owner: str, order_hash: str) -> str | None:
+        raw = self._redis.get(self._key(owner, order_hash))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def remember(self, owner: str, order_hash: str, report_id: str) -> None:
+        self._redis.set(self._key(owner, order_hash), report_id, ex=self._ttl)
+
+    @staticmethod
+    def _key(owner: str, order_hash: str) -> str:
+        return "hotrepos:gateway:last-order:" + hashlib.sha256(f"{owner}\0{order_hash}".encode()).hexdigest()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePath
 from typing import Annotated, Any
 
@@ -20,10 +21,18 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.gateway.access import OPEN, Authentication, Caller, Identity, may_see
 from services.gateway.feed import ProgressFeed
-from services.gateway.hardening import DEFAULT_MAX_BODY_BYTES, BodyLimit, RefusalLoggingCors, SecurityHeaders
-from services.gateway.idempotency import IdempotencyKeys
-from services.gateway.orders import FutureDate, KeyReused, Ordering, place_order
+from services.gateway.hardening import (
+    DEFAULT_MAX_BODY_BYTES,
+    BodyLimit,
+    RefusalLoggingCors,
+    SecurityHeaders,
+    log_refusal,
+)
+from services.gateway.idempotency import IdempotencyKeys, RecentOrders
+from services.gateway.orders import FutureDate, KeyReused, Ordering, QuotaExceeded, place_order
+from services.gateway.quota import RequestQuota, Unlimited
 from services.gateway.sse import progress_stream
 from services.gateway.store import ReportStatuses
 from services.gateway.views import (
@@ -66,6 +75,9 @@ class GatewayDependencies:
     readiness: Callable[[], Mapping[str, str]]
     today: Callable[[], dt.date]
     webhooks: WebhookAdmin
+    recent_orders: RecentOrders
+    authentication: Authentication = OPEN
+    quota: RequestQuota = field(default_factory=Unlimited)
     debug_faults: bool = False
     keepalive_seconds: float = 15.0
     cors_origins: tuple[str, ...] = ()  # validated origins (hardening.cors_origin); empty: no CORS at all
@@ -78,6 +90,8 @@ class GatewayDependencies:
             idempotency=self.idempotency,
             processed=self.processed,
             today=self.today,
+            recent_orders=self.recent_orders,
+            quota=self.quota,
             store_errors=REDIS_ERRORS,
         )
 
@@ -165,6 +179,7 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     app.mount("/static", RevalidatedStaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs/assets", RevalidatedStaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
+    app.state.authentication = deps.authentication  # read by access.current_identity
     app.include_router(webhook_routes(deps.webhooks))
     ordering = deps.ordering()
 
@@ -179,12 +194,27 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
             log.warning("redis.unreachable", error=str(exc))
             return _unavailable("Redis does not answer")
 
+    @app.exception_handler(QuotaExceeded)
+    async def quota_exceeded(request: Request, exc: QuotaExceeded) -> JSONResponse:
+        log_refusal(request.scope, 429, "quota", identity=exc.identity, retry_after=exc.retry_after)
+        return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(int(exc.retry_after))})
+
     def known_status(report_id: str) -> ReportStatus | None:
         try:
             _report_ids.validate_python(report_id)
         except ValidationError:
             return None  # an id no report can have: as unknown as any other
         return deps.statuses.get(report_id)
+
+    def visible_status(request: Request, report_id: str, identity: Identity) -> ReportStatus | None:
+        """The report, if the caller may see it: to anyone else it does not exist, so ids leak nothing."""
+        status = known_status(report_id)
+        if status is None or identity.admin:
+            return status
+        if may_see(identity, status, deps.statuses.owner_of(report_id)):
+            return status
+        log_refusal(request.scope, 404, "another identity's report", identity=identity.name, report_id=report_id)
+        return None
 
     def not_found(report_id: str, what: str = "report") -> JSONResponse:
         return JSONResponse({"detail": f"no {what} for report {report_id!r}"}, status_code=404)
@@ -194,17 +224,22 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         status_code=202,
         response_model=ReportAccepted,
         tags=["reports"],
-        responses={422: {"description": "A field is invalid"}, 503: {"description": "Retry later"}},
+        responses={
+            422: {"description": "A field is invalid"},
+            429: {"description": "Over GATEWAY_REQUESTS_PER_HOUR: retry after Retry-After seconds"},
+            503: {"description": "Retry later"},
+        },
     )
     def request_report(
         order: ReportOrder,
+        identity: Caller,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
         accept_language: Annotated[str | None, Header(alias="Accept-Language")] = None,
     ) -> JSONResponse:
         """Queue a report: publishes report.requested and answers at once with where to follow it."""
         locale = order.locale or locale_from_accept_language(accept_language)
         try:
-            report_id = place_order(ordering, order, locale, idempotency_key)
+            report_id = place_order(ordering, order, locale, idempotency_key, identity)
         except FutureDate as exc:
             raise _invalid(("body", "ref_date"), str(exc), order.ref_date and order.ref_date.isoformat()) from None
         except KeyReused as exc:
@@ -217,10 +252,13 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
 
     @app.get("/api/reports", response_model=ReportPage, tags=["reports"])
     def list_reports(
-        offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=100)] = 20
+        identity: Caller,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> ReportPage:
-        """The report history, newest first."""
-        statuses, total = deps.statuses.recent(offset=offset, limit=limit)
+        """The report history, newest first: one's own reports and the scheduled ones (an admin's: all)."""
+        visible_to = None if identity.admin else identity.name
+        statuses, total = deps.statuses.recent(offset=offset, limit=limit, visible_to=visible_to)
         return ReportPage(
             items=[view_of(status) for status in statuses],
             total=total,
@@ -235,9 +273,9 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         tags=["reports"],
         responses={404: {"description": "Unknown report"}},
     )
-    def report_status(report_id: str) -> ReportStatusView | JSONResponse:
+    def report_status(request: Request, report_id: str, identity: Caller) -> ReportStatusView | JSONResponse:
         """Where a report stands, built from its events alone."""
-        status = known_status(report_id)
+        status = visible_status(request, report_id, identity)
         return view_of(status) if status else not_found(report_id)
 
     @app.delete(
@@ -245,16 +283,21 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         status_code=202,
         tags=["reports"],
         responses={
+            403: {"description": "A scheduled report: only an admin may cancel it"},
             404: {"description": "Unknown report"},
             409: {"description": "Already finished"},
             503: {"description": "Retry later"},
         },
     )
-    def cancel_report(report_id: str) -> JSONResponse:
+    def cancel_report(request: Request, report_id: str, identity: Caller) -> JSONResponse:
         """Cancel a report: broadcast on hotrepos.control, every replica of every service drops its work."""
-        status = known_status(report_id)
+        status = visible_status(request, report_id, identity)
         if status is None:
             return not_found(report_id)
+        if not identity.admin and deps.statuses.owner_of(report_id) != identity.name:
+            # A scheduled report is everyone's to see, and so no one's but an admin's to cancel.
+            log_refusal(request.scope, 403, "a scheduled report", identity=identity.name, report_id=report_id)
+            return JSONResponse({"detail": "a scheduled report: only an admin may cancel it"}, status_code=403)
         if status.terminal:
             return JSONResponse({"detail": f"report {report_id!r} is already {status.state}"}, status_code=409)
         command = ReportCancelRequested(report_id=report_id, reason="cancelled by request")
@@ -264,7 +307,7 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         except deps.broker_errors as exc:
             log.warning("broker.unreachable", error=str(exc), report_id=report_id)
             raise ServiceUnavailable("the broker does not answer") from None
-        log.info("report.cancel_requested", report_id=report_id)
+        log.info("report.cancel_requested", report_id=report_id, identity=identity.name)
         return JSONResponse({"report_id": report_id, "status_url": status_url(report_id)}, status_code=202)
 
     @app.get(
@@ -272,9 +315,9 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         tags=["reports"],
         responses={200: {"content": {"text/csv": {}}}, 404: {"description": "No such file"}},
     )
-    def download_report(report_id: str) -> Response:
+    def download_report(request: Request, report_id: str, identity: Caller) -> Response:
         """The report's CSV file, as an attachment."""
-        status = known_status(report_id)
+        status = visible_status(request, report_id, identity)
         if status is None or status.state != "exported" or not status.file_name:
             return not_found(report_id, "file")
         path = file_inside(deps.reports_dir, status.file_name)
@@ -291,10 +334,13 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "Unknown report"}},
     )
     async def report_events(
-        report_id: str, last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None
+        request: Request,
+        report_id: str,
+        identity: Caller,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     ) -> Response:
         """Server-Sent Events of the report's progress, from its first step (or Last-Event-ID) on."""
-        status = await anyio.to_thread.run_sync(known_status, report_id)
+        status = await anyio.to_thread.run_sync(visible_status, request, report_id, identity)
         if status is None:
             return not_found(report_id)
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
@@ -302,7 +348,14 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
             return Response(status_code=204)  # tells EventSource not to reconnect
         return StreamingResponse(
             progress_stream(
-                deps.feed, report_id, after, keepalive_seconds=deps.keepalive_seconds, interrupted_by=REDIS_ERRORS
+                deps.feed,
+                report_id,
+                after,
+                keepalive_seconds=deps.keepalive_seconds,
+                interrupted_by=REDIS_ERRORS,
+                still_allowed=partial(anyio.to_thread.run_sync, deps.authentication.still_valid, identity)
+                if identity.token_digest is not None
+                else None,
             ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -40,14 +41,19 @@ async def progress_stream(
     *,
     keepalive_seconds: float,
     interrupted_by: tuple[type[BaseException], ...] = (),
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[bytes]:
-    """Replays the steps after `after`, then follows: a change wakes it, the store is the truth."""
+    """Replays the steps after `after`, then follows: a change wakes it, the store is the truth.
+
+    still_allowed is asked again about once a second: a stream whose token is revoked ends then.
+    """
     sent = after
     yield b"retry: 3000\n\n"
+    allowed = _every_second(still_allowed)
     try:
         async with feed.subscription(report_id) as changes:
             idle = 0.0
-            while True:
+            while await allowed():
                 # Subscribed before reading, so no change can fall between the read and the wait.
                 status = await feed.get(report_id)
                 if status is not None:
@@ -59,11 +65,30 @@ async def progress_stream(
                         return
                 # The periodic re-read also covers a wake-up lost while Redis reconnected.
                 while not await changes.changed(timeout=1.0):
+                    if not await allowed():
+                        break
                     idle += 1.0
                     if idle >= keepalive_seconds:
                         idle = 0.0
                         yield b": keepalive\n\n"
                         break
+            log.info("progress.stream_ended", report_id=report_id, reason="its token was revoked")
     except interrupted_by as exc:
         # The client's EventSource reconnects with Last-Event-ID and resumes where it stopped.
         log.warning("progress.stream_interrupted", report_id=report_id, error=str(exc))
+
+
+def _every_second(still_allowed: Callable[[], Awaitable[bool]] | None) -> Callable[[], Awaitable[bool]]:
+    """still_allowed, asked at most once a second; the answer in between is the last one."""
+    # Allowed when the stream opened: the request was just let in.
+    last: dict[str, float | bool] = {"at": time.monotonic(), "answer": True}
+
+    async def allowed() -> bool:
+        if still_allowed is None:
+            return True
+        now = time.monotonic()
+        if now - float(last["at"]) >= 1.0:
+            last["at"], last["answer"] = now, await still_allowed()
+        return bool(last["answer"])
+
+    return allowed

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import uuid
 from typing import Any, Protocol
 
 from shared.events import EventData, report_id_of
 from shared.handling import EventMeta
+from shared.ownership import RedisReportOwners, is_scheduled_report, owner_key
 from shared.progress import ReportStatus, apply_event
 from shared.stored import decode_stored
 
 STATUS_TTL_SECONDS = 30 * 24 * 3600
 HISTORY_KEY = "hotrepos:gateway:reports"
+# The scheduled reports' history: they belong to everyone, so everyone's history lists them.
+SCHEDULED_HISTORY_KEY = "hotrepos:gateway:reports:scheduled"
 
 
 class ReportStatuses(Protocol):
@@ -19,7 +24,15 @@ class ReportStatuses(Protocol):
 
     def apply(self, data: EventData, meta: EventMeta) -> ReportStatus | None: ...
 
-    def recent(self, *, offset: int, limit: int) -> tuple[list[ReportStatus], int]: ...
+    def recent(self, *, offset: int, limit: int, visible_to: str | None = None) -> tuple[list[ReportStatus], int]:
+        """A page of the history, newest first; with visible_to, only that owner's and the scheduled ones."""
+        ...
+
+    def record_owner(self, report_id: str, owner: str, at: dt.datetime) -> None:
+        """Whose report it is: recorded before its request is published, so no event precedes it."""
+        ...
+
+    def owner_of(self, report_id: str) -> str | None: ...
 
 
 def status_key(report_id: str) -> str:
@@ -28,6 +41,11 @@ def status_key(report_id: str) -> str:
 
 def progress_channel(report_id: str) -> str:
     return f"hotrepos:gateway:progress:{report_id}"
+
+
+def owned_history_key(owner: str) -> str:
+    # Hashed: an owner's name comes from a header in proxy mode, a Redis key should not take its shape.
+    return "hotrepos:gateway:reports-of:" + hashlib.sha256(owner.encode()).hexdigest()
 
 
 def decode_status(raw: bytes | str | None) -> ReportStatus | None:
@@ -63,6 +81,9 @@ class RedisReportStatuses:
             pipe.set(key, updated.model_dump_json(), ex=self._ttl)
             pipe.zadd(HISTORY_KEY, {report_id: updated.first_seen.timestamp()})
             pipe.zremrangebyscore(HISTORY_KEY, "-inf", now.timestamp() - self._ttl)
+            if is_scheduled_report(report_id, updated.priority):
+                pipe.zadd(SCHEDULED_HISTORY_KEY, {report_id: updated.first_seen.timestamp()})
+                pipe.zremrangebyscore(SCHEDULED_HISTORY_KEY, "-inf", now.timestamp() - self._ttl)
 
         self._redis.transaction(update, key)
         before, after = outcome.get("before"), outcome.get("after")
@@ -70,14 +91,39 @@ class RedisReportStatuses:
             self._redis.publish(progress_channel(report_id), str(after.last_seq))
         return after
 
-    def recent(self, *, offset: int, limit: int) -> tuple[list[ReportStatus], int]:
-        """A page of the history, newest first, and the history's length."""
-        total = int(self._redis.zcard(HISTORY_KEY))
-        ids = [
-            i.decode() if isinstance(i, bytes) else str(i)
-            for i in self._redis.zrevrange(HISTORY_KEY, offset, offset + limit - 1)
-        ]
+    def record_owner(self, report_id: str, owner: str, at: dt.datetime) -> None:
+        history = owned_history_key(owner)
+        pipe = self._redis.pipeline()
+        pipe.set(owner_key(report_id), owner, ex=self._ttl)
+        pipe.zadd(history, {report_id: at.timestamp()})
+        pipe.zremrangebyscore(history, "-inf", at.timestamp() - self._ttl)
+        pipe.expire(history, self._ttl)
+        pipe.execute()
+
+    def owner_of(self, report_id: str) -> str | None:
+        return RedisReportOwners(self._redis).owner_of(report_id)
+
+    def recent(self, *, offset: int, limit: int, visible_to: str | None = None) -> tuple[list[ReportStatus], int]:
+        """A page of the history, newest first, and the history's length; with visible_to, only that
+        owner's reports and the scheduled ones."""
+        if visible_to is None:
+            return self._page_of(HISTORY_KEY, offset, limit)
+        # Both indexes merged into a throwaway key, in one transaction: a page and its total agree.
+        merged = f"hotrepos:gateway:history-view:{uuid.uuid4().hex}"
+        pipe = self._redis.pipeline()
+        pipe.zunionstore(merged, [owned_history_key(visible_to), SCHEDULED_HISTORY_KEY], aggregate="MAX")
+        pipe.zrevrange(merged, offset, offset + limit - 1)
+        pipe.delete(merged)
+        total, ids, _ = pipe.execute()
+        return self._statuses_of(ids), int(total)
+
+    def _page_of(self, key: str, offset: int, limit: int) -> tuple[list[ReportStatus], int]:
+        total = int(self._redis.zcard(key))
+        return self._statuses_of(self._redis.zrevrange(key, offset, offset + limit - 1)), total
+
+    def _statuses_of(self, raw_ids: list[Any]) -> list[ReportStatus]:
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw_ids]
         if not ids:
-            return [], total
+            return []
         found = [decode_status(raw) for raw in self._redis.mget([status_key(i) for i in ids])]
-        return [status for status in found if status is not None], total
+        return [status for status in found if status is not None]

@@ -1,7 +1,8 @@
 """Webhook subscriptions over HTTP: register, list, remove, and see each one's latest deliveries.
 
 Plain routes on an APIRouter, included by create_app like the others: whatever guards the API guards
-them too. The subscriptions live in Redis (shared/webhooks.py), where the webhooks service reads them.
+them too. A subscription is its creator's: to anyone else but an admin it does not exist. The
+subscriptions live in Redis (shared/webhooks.py), where the webhooks service reads them.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.gateway.access import Caller, Identity
+from services.gateway.hardening import log_refusal
 from shared.webhooks import (
     MAX_URL_LENGTH,
     WEBHOOK_EVENT_TYPES,
@@ -123,8 +126,13 @@ def delivery_view(record: DeliveryRecord) -> DeliveryView:
 def webhook_routes(admin: WebhookAdmin) -> APIRouter:
     router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
 
-    def known(webhook_id: str) -> WebhookSubscription | None:
-        return admin.subscriptions.get(webhook_id) if 0 < len(webhook_id) <= 64 else None
+    def visible_webhook(request: Request, webhook_id: str, identity: Identity) -> WebhookSubscription | None:
+        """The subscription, if the caller may manage it: its creator, or an admin."""
+        subscription = admin.subscriptions.get(webhook_id) if 0 < len(webhook_id) <= 64 else None
+        if subscription is None or identity.admin or subscription.owner == identity.name:
+            return subscription
+        log_refusal(request.scope, 404, "another identity's webhook", identity=identity.name, webhook_id=webhook_id)
+        return None
 
     def not_found(webhook_id: str) -> JSONResponse:
         return JSONResponse({"detail": f"no webhook {webhook_id!r}"}, status_code=404)
@@ -135,7 +143,7 @@ def webhook_routes(admin: WebhookAdmin) -> APIRouter:
         response_model=WebhookCreated,
         responses={422: {"description": "A field is invalid, or the URL may not be called (the reason says why)"}},
     )
-    def add_webhook(order: WebhookOrder) -> JSONResponse:
+    def add_webhook(order: WebhookOrder, identity: Caller) -> JSONResponse:
         """Subscribe a URL to report outcomes; the answer holds the signing secret, shown only here."""
         try:
             admin.guard.check(order.url)
@@ -152,25 +160,31 @@ def webhook_routes(admin: WebhookAdmin) -> APIRouter:
             description=order.description,
             secret=new_secret() if order.format == "standard" else None,
             created_at=admin.clock(),
+            owner=identity.name,
+            owner_admin=identity.admin,
         )
         admin.subscriptions.add(subscription)
-        log.info("webhook.added", webhook_id=subscription.id, format=subscription.format)
+        log.info("webhook.added", webhook_id=subscription.id, format=subscription.format, identity=identity.name)
         created = WebhookCreated(**view_of(subscription).model_dump(exclude={"created_at"}), secret=subscription.secret)
         return JSONResponse(
             created.model_dump(mode="json"), status_code=201, headers={"Location": f"/api/webhooks/{subscription.id}"}
         )
 
     @router.get("", response_model=list[WebhookView])
-    def list_webhooks() -> list[WebhookView]:
-        """Every subscription, oldest first, without secrets."""
-        return [view_of(subscription) for subscription in admin.subscriptions.all()]
+    def list_webhooks(identity: Caller) -> list[WebhookView]:
+        """The caller's subscriptions (an admin's: every one), oldest first, without secrets."""
+        return [
+            view_of(subscription)
+            for subscription in admin.subscriptions.all()
+            if identity.admin or subscription.owner == identity.name
+        ]
 
     @router.delete("/{webhook_id}", status_code=204, responses={404: {"description": "Unknown webhook"}})
-    def remove_webhook(webhook_id: str) -> Response:
+    def remove_webhook(request: Request, webhook_id: str, identity: Caller) -> Response:
         """Unsubscribe: a delivery still waiting for a retry is dropped when its turn comes."""
-        if not (0 < len(webhook_id) <= 64 and admin.subscriptions.delete(webhook_id)):
+        if visible_webhook(request, webhook_id, identity) is None or not admin.subscriptions.delete(webhook_id):
             return not_found(webhook_id)
-        log.info("webhook.removed", webhook_id=webhook_id)
+        log.info("webhook.removed", webhook_id=webhook_id, identity=identity.name)
         return Response(status_code=204)
 
     @router.get(
@@ -179,10 +193,13 @@ def webhook_routes(admin: WebhookAdmin) -> APIRouter:
         responses={404: {"description": "Unknown webhook"}},
     )
     def webhook_deliveries(
-        webhook_id: str, limit: Annotated[int, Query(ge=1, le=100)] = DELIVERIES_SHOWN
+        request: Request,
+        webhook_id: str,
+        identity: Caller,
+        limit: Annotated[int, Query(ge=1, le=100)] = DELIVERIES_SHOWN,
     ) -> list[DeliveryView] | JSONResponse:
         """The subscription's latest deliveries, newest first: delivered, retrying or failed."""
-        if known(webhook_id) is None:
+        if visible_webhook(request, webhook_id, identity) is None:
             return not_found(webhook_id)
         return [delivery_view(record) for record in admin.deliveries.latest(webhook_id, limit)]
 

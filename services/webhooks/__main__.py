@@ -14,6 +14,7 @@ from services.webhooks.handlers import RetryPolicy, deliver_webhook, handle_repo
 from services.webhooks.queue import BrokerDeliveryQueue
 from services.webhooks.sender import HttpWebhookSender
 from shared.bootstrap import bootstrap
+from shared.ownership import RedisReportOwners
 from shared.pipeline import Route
 from shared.settings import CommonSettings, load_settings
 from shared.topology import WEBHOOKS_DELIVERIES, WEBHOOKS_EXPORTED, WEBHOOKS_FAILED
@@ -75,8 +76,9 @@ def main() -> None:
         lease_seconds=3 * settings.webhook_timeout_seconds + 5,
         busy_delay=settings.webhook_timeout_seconds,
     )
-    exported = partial(handle_report_exported, subscriptions=subscriptions, deliveries=deliveries)
-    failed = partial(handle_report_failed, subscriptions=subscriptions, deliveries=deliveries)
+    owners = RedisReportOwners(service.redis)
+    exported = partial(handle_report_exported, subscriptions=subscriptions, deliveries=deliveries, owners=owners)
+    failed = partial(handle_report_failed, subscriptions=subscriptions, deliveries=deliveries, owners=owners)
     try:
         service.run(
             {

@@ -17,6 +17,7 @@ from standardwebhooks.webhooks import Webhook
 
 from shared.events import ReportExported, ReportFailed
 from shared.handling import EventMeta, Rejected, RetryLater
+from shared.ownership import ReportOwners
 from shared.webhooks import (
     DeliveryRecord,
     DeliveryRecords,
@@ -89,20 +90,42 @@ class RetryPolicy:
 
 
 def handle_report_exported(
-    event: ReportExported, meta: EventMeta, *, subscriptions: WebhookSubscriptions, deliveries: DeliveryQueue
+    event: ReportExported,
+    meta: EventMeta,
+    *,
+    subscriptions: WebhookSubscriptions,
+    deliveries: DeliveryQueue,
+    owners: ReportOwners,
 ) -> None:
-    fan_out(event.report_id, meta, subscriptions=subscriptions, deliveries=deliveries)
+    fan_out(event.report_id, meta, subscriptions=subscriptions, deliveries=deliveries, owners=owners)
 
 
 def handle_report_failed(
-    event: ReportFailed, meta: EventMeta, *, subscriptions: WebhookSubscriptions, deliveries: DeliveryQueue
+    event: ReportFailed,
+    meta: EventMeta,
+    *,
+    subscriptions: WebhookSubscriptions,
+    deliveries: DeliveryQueue,
+    owners: ReportOwners,
 ) -> None:
-    fan_out(event.report_id, meta, subscriptions=subscriptions, deliveries=deliveries)
+    fan_out(event.report_id, meta, subscriptions=subscriptions, deliveries=deliveries, owners=owners)
 
 
-def fan_out(report_id: str, meta: EventMeta, *, subscriptions: WebhookSubscriptions, deliveries: DeliveryQueue) -> None:
-    """One delivery per subscription that wants this event type, carrying the event as it came."""
+def fan_out(
+    report_id: str,
+    meta: EventMeta,
+    *,
+    subscriptions: WebhookSubscriptions,
+    deliveries: DeliveryQueue,
+    owners: ReportOwners,
+) -> None:
+    """One delivery per subscription that wants this event type and whose creator may see the report,
+    carrying the event as it came."""
     wanting = [s for s in subscriptions.all() if meta.type in s.events]
+    if not wanting:
+        return
+    report_owner = owners.owner_of(report_id)
+    wanting = [s for s in wanting if s.hears_of(report_id, report_owner)]
     if not wanting:
         return
     if meta.cloud_event is None:

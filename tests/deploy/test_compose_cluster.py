@@ -106,7 +106,7 @@ def request(stack: ComposeStack, when: str, key: str, timeout: float = 180) -> s
 
     def accepted() -> str | None:
         try:
-            answer = requests.post(
+            answer = stack.api.post(
                 f"{stack.gateway}/api/reports", json=order, headers={"Idempotency-Key": key}, timeout=30
             )
         except requests.RequestException as exc:
@@ -124,7 +124,7 @@ def request(stack: ComposeStack, when: str, key: str, timeout: float = 180) -> s
 def states(stack: ComposeStack, report_ids: list[str]) -> dict[str, str]:
     found = {}
     for report_id in report_ids:
-        answer = requests.get(f"{stack.gateway}/api/reports/{report_id}", timeout=30)
+        answer = stack.api.get(f"{stack.gateway}/api/reports/{report_id}", timeout=30)
         found[report_id] = answer.json().get("state", "?") if answer.status_code == 200 else str(answer.status_code)
     return found
 

@@ -43,7 +43,7 @@ def request_report(stack: ComposeStack, period: str = "week", ref_date: str | No
     """A report asked for through the gateway's API, as the page does: its id and the address it is mailed to."""
     address = f"deploy-{uuid.uuid4().hex[:10]}@example.com"
     order = {"period": period, "notify": address} | ({"ref_date": ref_date} if ref_date else {})
-    answer = requests.post(f"{stack.gateway}/api/reports", json=order, timeout=30)
+    answer = stack.api.post(f"{stack.gateway}/api/reports", json=order, timeout=30)
     assert answer.status_code == 202, answer.text
     return str(answer.json()["report_id"]), address
 
@@ -54,7 +54,7 @@ def outcome_of(stack: ComposeStack, report_id: str, timeout: float = 240) -> dic
     seen: dict[str, Any] = {}
 
     def ended() -> dict[str, Any] | None:
-        seen.update(status=requests.get(f"{stack.gateway}/api/reports/{report_id}", timeout=30).json())
+        seen.update(status=stack.api.get(f"{stack.gateway}/api/reports/{report_id}", timeout=30).json())
         status: dict[str, Any] = seen["status"]
         return status if status.get("state") in ("exported", "failed") else None
 
@@ -67,7 +67,7 @@ def outcome_of(stack: ComposeStack, report_id: str, timeout: float = 240) -> dic
 
 
 def download(stack: ComposeStack, status: dict[str, Any]) -> bytes:
-    answer = requests.get(f"{stack.gateway}{status['download_url']}", timeout=30)
+    answer = stack.api.get(f"{stack.gateway}{status['download_url']}", timeout=30)
     assert answer.status_code == 200, answer.text
     return answer.content
 
@@ -78,7 +78,7 @@ def emails_to(stack: ComposeStack, address: str) -> list[dict[str, Any]]:
 
 
 def history(stack: ComposeStack) -> dict[str, dict[str, Any]]:
-    page = requests.get(f"{stack.gateway}/api/reports", params={"limit": 100}, timeout=30).json()
+    page = stack.api.get(f"{stack.gateway}/api/reports", params={"limit": 100}, timeout=30).json()
     return {item["report_id"]: item for item in page["items"]}
 
 

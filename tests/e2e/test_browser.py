@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,12 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def gateway(pipeline: Pipeline) -> Gateway:
-    return pipeline.start_gateway()
+    return pipeline.start_gateway(env={"GATEWAY_AUTH": "token"})
+
+
+@pytest.fixture(scope="module")
+def token(pipeline: Pipeline) -> str:
+    return pipeline.create_token(f"browser-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +51,8 @@ def page(browser: Browser, gateway: Gateway) -> Iterator[Page]:
         "request",
         lambda request: (
             problems.append(f"left the gateway: {request.url}")
-            if not request.url.startswith((f"{gateway.url}/", "data:"))
+            # blob: is the downloaded CSV, fetched with the token and handed to the browser to save.
+            if not request.url.startswith((f"{gateway.url}/", "data:", f"blob:{gateway.url}/"))
             else None
         ),
     )
@@ -75,10 +82,28 @@ def page(browser: Browser, gateway: Gateway) -> Iterator[Page]:
     assert problems == [], f"the page went wrong: {problems}"
 
 
-def test_generate_a_report_from_the_page_and_download_it(page: Page, gateway: Gateway) -> None:
+def sign_in(page: Page, token: str) -> None:
+    """The page asks for a token once, and keeps it in the tab's sessionStorage, never in a cookie."""
+    expect(page.locator("#login")).to_be_visible()
+    expect(page.locator("#order")).to_be_hidden()
+    page.fill("#token", token)
+    page.click("#sign-in")
+    expect(page.locator("#order")).to_be_visible()
+    expect(page.locator("#login")).to_be_hidden()
+
+
+def test_generate_a_report_from_the_page_and_download_it(page: Page, gateway: Gateway, token: str) -> None:
     answer = page.goto(gateway.url)
     assert answer is not None and answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
     expect(page).to_have_title("hotrepos")
+    page.fill("#token", "hr_not-a-token")
+    page.click("#sign-in")
+    expect(page.locator("#error")).to_contain_text("does not accept this token")
+    sign_in(page, token)
+    assert page.context.cookies() == []
+    assert page.evaluate("sessionStorage.getItem('hotrepos.token')") == token
+    page.reload()
+    expect(page.locator("#order")).to_be_visible()  # once per tab: a reload keeps it
     page.select_option("#period", "month")
     page.click("#generate")
 
@@ -107,8 +132,9 @@ def test_generate_a_report_from_the_page_and_download_it(page: Page, gateway: Ga
     assert first_line == b"language,full_name,stars,forks,created_at,html_url,description"
 
 
-def test_invalid_input_is_shown_on_the_page(page: Page, gateway: Gateway) -> None:
+def test_invalid_input_is_shown_on_the_page(page: Page, gateway: Gateway, token: str) -> None:
     page.goto(gateway.url)
+    sign_in(page, token)
     page.fill("#notify", "not-an-email")
     # The browser's own check would stop the form; the gateway's 422 is what this test is about.
     page.evaluate("document.getElementById('notify').type = 'text'")

@@ -229,7 +229,10 @@ def test_a_retried_post_with_the_same_idempotency_key_is_the_same_report(
     key = str(uuid.uuid4())
     first = api.post("/api/reports", json={"period": "day"}, headers={"Idempotency-Key": key})
     retried = api.post("/api/reports", json={"period": "day"}, headers={"Idempotency-Key": key})
-    other = api.post("/api/reports", json={"period": "day"}, headers={"Idempotency-Key": str(uuid.uuid4())})
+    # Another order: the very same one, still in flight, would be that report again, whatever its key.
+    other = api.post(
+        "/api/reports", json={"period": "day", "layout": "by-language"}, headers={"Idempotency-Key": str(uuid.uuid4())}
+    )
     reused = api.post("/api/reports", json={"period": "month"}, headers={"Idempotency-Key": key})
 
     assert first.status_code == retried.status_code == other.status_code == 202
@@ -416,7 +419,9 @@ def test_delete_cancels_a_report_in_flight(api: httpx.Client, fake_github: FakeG
     control = EventListener(pipeline.amqp_url, "", exchange="hotrepos.control")
     assert api.delete("/api/reports/no-such-report").status_code == 404
     fake_github.add_fault("retry_after", page=5, times=None, seconds=30)
-    report_id = api.post("/api/reports", json={"period": "week"}).json()["report_id"]
+    # A day of its own: a week of today that another test left in flight would be joined, not started.
+    order = {"period": "week", "ref_date": (TODAY - dt.timedelta(days=3)).isoformat()}
+    report_id = api.post("/api/reports", json=order).json()["report_id"]
     wait_for_state(api, report_id, "fetching")
 
     cancelled = api.delete(f"/api/reports/{report_id}")

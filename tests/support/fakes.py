@@ -13,8 +13,10 @@ from typing import Any
 
 from services.gateway.idempotency import IdempotentRequest
 from services.notifier.templates import Email
+from shared.api_tokens import ApiToken, token_digest
 from shared.events import CloudEvent, EventData, event_type_of, new_event_id, report_id_of
 from shared.handling import Claim, EventMeta
+from shared.ownership import is_scheduled_report
 from shared.progress import ReportStatus, apply_event
 from shared.webhooks import DeliveryRecord, WebhookSubscription
 
@@ -143,6 +145,7 @@ class InMemoryStatuses:
 
     def __init__(self) -> None:
         self.statuses: dict[str, ReportStatus] = {}
+        self.owners: dict[str, str] = {}
         self.folds = 0
 
     def get(self, report_id: str) -> ReportStatus | None:
@@ -158,9 +161,25 @@ class InMemoryStatuses:
             self.statuses[report_id] = updated
         return updated
 
-    def recent(self, *, offset: int, limit: int) -> tuple[list[ReportStatus], int]:
-        newest = sorted(self.statuses.values(), key=lambda s: s.first_seen, reverse=True)
+    def recent(self, *, offset: int, limit: int, visible_to: str | None = None) -> tuple[list[ReportStatus], int]:
+        newest = sorted(
+            (
+                status
+                for status in self.statuses.values()
+                if visible_to is None
+                or self.owners.get(status.report_id) == visible_to
+                or is_scheduled_report(status.report_id, status.priority)
+            ),
+            key=lambda s: s.first_seen,
+            reverse=True,
+        )
         return newest[offset : offset + limit], len(newest)
+
+    def record_owner(self, report_id: str, owner: str, at: dt.datetime) -> None:
+        self.owners[report_id] = owner
+
+    def owner_of(self, report_id: str) -> str | None:
+        return self.owners.get(report_id)
 
 
 class InMemoryFeed:
@@ -194,6 +213,31 @@ class InMemoryIdempotencyKeys:
 
     def mark_published(self, key: str, request: IdempotentRequest) -> None:
         self.keys[key] = request.model_copy(update={"published": True})
+
+
+class InMemoryRecentOrders:
+    def __init__(self) -> None:
+        self.orders: dict[tuple[str, str], str] = {}
+
+    def last(self, owner: str, order_hash: str) -> str | None:
+        return self.orders.get((owner, order_hash))
+
+    def remember(self, owner: str, order_hash: str, report_id: str) -> None:
+        self.orders[(owner, order_hash)] = report_id
+
+
+class InMemoryApiTokens:
+    """Tokens by their digest, as the Redis store keeps them; made from their plain text here."""
+
+    def __init__(self, **tokens: ApiToken) -> None:
+        self.tokens = {token_digest(token): record for token, record in tokens.items()}
+
+    def lookup_digest(self, digest: str) -> ApiToken | None:
+        return self.tokens.get(digest)
+
+    def revoke(self, token: str) -> None:
+        record = self.tokens[token_digest(token)]
+        self.tokens[token_digest(token)] = record.model_copy(update={"revoked_at": dt.datetime.now(dt.UTC)})
 
 
 class FakeSearch:

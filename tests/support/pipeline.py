@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ QUEUES_OF = {
 # Opt-in, like the gateway: started by the tests that subscribe webhooks.
 WEBHOOKS_QUEUES = ("webhooks.report.exported", "webhooks.report.failed", "webhooks.deliveries")
 ADMIN = "admin@example.com"
+HOTREPOS = Path(sys.executable).parent / "hotrepos"
 # Log directories of the pipelines started in this session, oldest first: a failed chaos test keeps its own.
 PIPELINE_LOG_DIRS: list[Path] = []
 
@@ -127,9 +131,20 @@ class Pipeline:
         wait_ready: bool = True,
         timeout: float = 60,
     ) -> Gateway:
-        """Also run a gateway (opt-in) on a port of its own; by default, once it answers ready."""
+        """Also run a gateway (opt-in) on a port of its own; by default, once it answers ready.
+
+        Open to all (GATEWAY_AUTH=none, allowed on loopback) and without a quota, unless env says
+        otherwise: the tests of who may ask and how often start theirs with tokens or a proxy.
+        """
         port = free_port()
-        gateway_env = {**self.env(), "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), **(env or {})}
+        gateway_env = {
+            **self.env(),
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_AUTH": "none",
+            "GATEWAY_REQUESTS_PER_HOUR": "0",
+            **(env or {}),
+        }
         process = ServiceProcess(name, gateway_env, self.log_dir).start()
         self.processes.append(process)
         gateway = Gateway(process, f"http://127.0.0.1:{port}")
@@ -141,6 +156,22 @@ class Pipeline:
 
         eventually(answering, timeout=timeout, message=f"{name} answering on {gateway.url}")
         return gateway
+
+    def tokens(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`hotrepos tokens ...` against this pipeline's Redis, as an operator runs it."""
+        return subprocess.run(
+            [str(HOTREPOS), "tokens", *args],
+            env={**os.environ, "REDIS_URL": self.redis_url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            check=True,
+        )
+
+    def create_token(self, name: str, *, admin: bool = False) -> str:
+        """A new API token, as `hotrepos tokens create` prints it: alone on its last line."""
+        return self.tokens("create", name, *(["--admin"] if admin else [])).stdout.splitlines()[-1]
 
     def start_webhooks(
         self, name: str = "webhooks", *, env: Mapping[str, str] | None = None, timeout: float = 60

@@ -39,6 +39,7 @@ from tests.support.fakes import (
     InMemoryFeed,
     InMemoryIdempotencyKeys,
     InMemoryProcessedEvents,
+    InMemoryRecentOrders,
     InMemoryStatuses,
     InMemoryWebhookSubscriptions,
     RecordingPublisher,
@@ -93,6 +94,7 @@ def gateway_over(
         today=lambda: TODAY,
         webhooks=webhooks
         or WebhookAdmin(InMemoryWebhookSubscriptions(), InMemoryDeliveryRecords(), UrlGuard(resolve=FakeResolver())),
+        recent_orders=InMemoryRecentOrders(),
         debug_faults=debug,
         keepalive_seconds=1,
     )

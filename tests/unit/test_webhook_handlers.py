@@ -67,6 +67,19 @@ def subscription(
     )
 
 
+class KnownOwners:
+    """Report owners by id (written with _ for -, as keyword arguments)."""
+
+    def __init__(self, **owners: str) -> None:
+        self.owners = owners
+
+    def owner_of(self, report_id: str) -> str | None:
+        return self.owners.get(report_id.replace("-", "_"))
+
+
+NO_OWNERS = KnownOwners()
+
+
 def cloud_event_of(data: EventData, event_id: str = "e-1") -> CloudEvent:
     return CloudEvent(
         specversion="1.0",
@@ -128,7 +141,9 @@ def test_an_outcome_fans_out_to_each_subscription_that_wants_it_carrying_the_eve
     queue = RecordingDeliveryQueue()
     event = cloud_event_of(EXPORTED)
 
-    handle_report_exported(EXPORTED, EventMeta.of(event), subscriptions=subscriptions, deliveries=queue)
+    handle_report_exported(
+        EXPORTED, EventMeta.of(event), subscriptions=subscriptions, deliveries=queue, owners=NO_OWNERS
+    )
 
     assert [d.subscription_id for d in queue.enqueued] == ["a", "b", "c"]
     for delivery in queue.enqueued:
@@ -142,11 +157,33 @@ def test_a_failure_fans_out_too_and_nothing_is_enqueued_without_a_subscriber() -
     queue = RecordingDeliveryQueue()
     event = cloud_event_of(FAILED, "e-2")
     subscriptions = InMemoryWebhookSubscriptions(subscription(("report.exported",)))
-    handle_report_failed(FAILED, EventMeta.of(event), subscriptions=subscriptions, deliveries=queue)
+    handle_report_failed(FAILED, EventMeta.of(event), subscriptions=subscriptions, deliveries=queue, owners=NO_OWNERS)
     assert queue.enqueued == []
     subscriptions.add(subscription(("report.failed",), sid="f"))
-    handle_report_failed(FAILED, EventMeta.of(event), subscriptions=subscriptions, deliveries=queue)
+    handle_report_failed(FAILED, EventMeta.of(event), subscriptions=subscriptions, deliveries=queue, owners=NO_OWNERS)
     assert [(d.subscription_id, d.event_type) for d in queue.enqueued] == [("f", "report.failed")]
+
+
+def test_a_subscription_hears_only_of_the_reports_its_creator_may_see() -> None:
+    subscriptions = InMemoryWebhookSubscriptions(
+        subscription(sid="alices").model_copy(update={"owner": "alice"}),
+        subscription(sid="admins").model_copy(update={"owner": "root", "owner_admin": True}),
+        subscription(sid="from-before-owners"),
+    )
+
+    def heard_of(report_id: str, owners: KnownOwners) -> list[str]:
+        queue = RecordingDeliveryQueue()
+        data = EXPORTED.model_copy(update={"report_id": report_id})
+        handle_report_exported(
+            data, EventMeta.of(cloud_event_of(data)), subscriptions=subscriptions, deliveries=queue, owners=owners
+        )
+        return [d.subscription_id for d in queue.enqueued]
+
+    everyone = ["admins", "alices", "from-before-owners"]
+    assert heard_of("r-1", KnownOwners(r_1="alice")) == everyone
+    assert heard_of("r-1", KnownOwners(r_1="bob")) == ["admins", "from-before-owners"]
+    assert heard_of("r-1", NO_OWNERS) == ["admins", "from-before-owners"]  # another client's, over the broker
+    assert heard_of("scheduled-day-2026-11-22", NO_OWNERS) == everyone
 
 
 def test_a_standard_delivery_is_the_signed_cloudevent_that_standard_webhooks_verifies() -> None:
