@@ -8,6 +8,7 @@ process of its own. Prints one JSON object and writes it under bench/results/.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -24,8 +25,9 @@ from typing import Any
 
 import redis
 
-from bench import profile, scenarios
+from bench import gateway, profile, scenarios
 from bench.fake_github import FakeGitHubProcess
+from bench.gateway import GatewayLoad
 from bench.systems import BaselineSystem, HotreposSystem
 from tests.support.broker import Broker, test_broker
 
@@ -36,9 +38,9 @@ GITHUB_RATE_LIMIT = 30
 SPEED_ENV = {"GITHUB_CACHE_SECONDS": "0", "GITHUB_RATE_LIMIT_REQUESTS": "1000000"}
 # Budget runs use the shipped defaults for the cache and the budget.
 BUDGET_ENV: dict[str, str] = {}
-FIGURES = ("speed", "scale_out", "budget", "backlog")
-# Run only when asked for: py-spy on every service, which slows what it watches.
-ON_DEMAND = ("profile",)
+FIGURES = ("speed", "scale_out", "budget", "backlog", "gateway")
+# Run only when asked for: py-spy, which slows what it watches, on every service or on the gateway.
+ON_DEMAND = ("profile", "gateway_profile")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Plan:
     backlog_limit: int
     backlog_window_seconds: float
     backlog_fetchers: tuple[int, ...]
+    gateway: GatewayLoad
 
 
 FULL = Plan(
@@ -83,6 +86,18 @@ FULL = Plan(
     backlog_limit=10,
     backlog_window_seconds=10.0,
     backlog_fetchers=(1, 4),
+    gateway=GatewayLoad(
+        watchers=1000,
+        readers=40,
+        reads_per_second=200,
+        report_requests_per_second=5,
+        seconds=60,
+        scheduled=100,
+        identities=50,
+        replicas=(1, 2),
+        github_limit=10,
+        github_window_seconds=2.0,
+    ),
 )
 QUICK = Plan(
     latency_runs=3,
@@ -101,6 +116,18 @@ QUICK = Plan(
     backlog_limit=10,
     backlog_window_seconds=2.0,
     backlog_fetchers=(1, 4),
+    gateway=GatewayLoad(
+        watchers=40,
+        readers=2,
+        reads_per_second=10,
+        report_requests_per_second=1,
+        seconds=6,
+        scheduled=10,
+        identities=4,
+        replicas=(1, 2),
+        github_limit=10,
+        github_window_seconds=2.0,
+    ),
 )
 
 
@@ -204,6 +231,17 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         checks["backlog_budget_use"] = check(use, ">= 0.9", use >= 0.9)
         overtaken = sum(run["finished_before_a_person"] for run in backlog_runs)
         checks["backlog_people_first"] = check(overtaken, "== 0", overtaken == 0)
+    for key, run in results.get("gateway", {}).items():
+        if not key.endswith("_replicas"):
+            continue
+        replicas = key.removesuffix("_replicas")
+        checks[f"gateway_{replicas}_errors"] = check(run["errors"], "== 0", run["errors"] == 0)
+        status_p99 = run["endpoints"].get(gateway.STATUS, {}).get("p99_ms")
+        checks[f"gateway_{replicas}_status_p99_ms"] = check(
+            status_p99, "< 50", status_p99 is not None and status_p99 < 50
+        )
+        told = run["streams_told"]["max_ms"]
+        checks[f"gateway_{replicas}_every_stream_told_ms"] = check(told, "<= 1000", told is not None and told <= 1000)
     return checks
 
 
@@ -217,7 +255,7 @@ def run(
 ) -> dict[str, Any]:
     hot_redis, base_redis = f"{redis_base}/12", f"{redis_base}/13"
     today = dt.datetime.now(dt.UTC).date()
-    results: dict[str, Any] = {"mode": mode, "date": today.isoformat(), "plan": dict(vars(plan))}
+    results: dict[str, Any] = {"mode": mode, "date": today.isoformat(), "plan": dataclasses.asdict(plan)}
     if figures != FIGURES:
         results["figures"] = list(figures)
     started = time.monotonic()
@@ -252,6 +290,14 @@ def run(
                         rounds=plan.throughput_rounds,
                         out_dir=profiles_dir,
                     )
+            if "gateway" in figures:
+                measure_gateway(plan.gateway, results, broker, hot_redis, github, workdir)
+            if "gateway_profile" in figures:
+                log("gateway profile: py-spy on 1 gateway under the gateway load")
+                forget_pipeline_state(hot_redis)
+                results["gateway_profile"] = gateway.measure(
+                    plan.gateway, broker, hot_redis, github, workdir, replicas=1, profile_dir=profiles_dir / "gateway"
+                )
             forget_pipeline_state(hot_redis)
     finally:
         github.stop()
@@ -374,6 +420,25 @@ def measure_backlog(
         github.configure(latency_ms=0, rate_limit_per_minute=None, rate_limit_window_seconds=60.0)
         forget_github_state(hot_redis)
     results["backlog"] = figures
+
+
+def measure_gateway(
+    load: GatewayLoad, results: dict[str, Any], broker: Broker, hot_redis: str, github: FakeGitHubProcess, workdir: Path
+) -> None:
+    figures: dict[str, Any] = {}
+    try:
+        for replicas in load.replicas:
+            forget_pipeline_state(hot_redis)
+            log(
+                f"gateway: {replicas} replica(s), {load.watchers} streams, {load.reads_per_second:g} reads/s,"
+                f" {load.report_requests_per_second} report requests/s for {load.seconds:g} s"
+            )
+            run = gateway.measure(load, broker, hot_redis, github, workdir, replicas=replicas)
+            figures[f"{replicas}_replicas"] = run
+            log(f"gateway: {replicas} replica(s): {json.dumps(run)}")
+    finally:
+        github.configure(latency_ms=0, rate_limit_per_minute=None, rate_limit_window_seconds=60.0)
+    results["gateway"] = figures
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,11 @@ class CompletionListener:
         with self._lock:
             return self._done[report_id]
 
+    def arrived(self, report_id: str) -> Completion | None:
+        """The report's end, if it has been heard of."""
+        with self._lock:
+            return self._done.get(report_id)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)

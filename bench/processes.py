@@ -51,6 +51,22 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_wait_seconds(pids: list[int]) -> float:
+    """Time the processes' threads have spent ready to run but waiting for a core (schedstat)."""
+    waited = 0
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                waited += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return waited / 1e9
+
+
 def with_children(pids: list[int]) -> list[int]:
     return [p for pid in pids for p in (pid, *children_of(pid))]
 
@@ -73,6 +89,11 @@ class MachineCpu:
         values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
         idle = values[3] + values[4]
         return sum(values) - idle, sum(values)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak RSS since it started or since reset_peaks."""
+    return round(_status_kb(pid, "VmHWM") / 1024, 1)
 
 
 def reset_peaks(pids: list[int]) -> None:

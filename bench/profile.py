@@ -41,8 +41,28 @@ def profile(
 ) -> dict[str, object]:
     github.configure(latency_ms=0, rate_limit_per_minute=None)
     burst(hot, 10, "warmup")
+    recorders = record(hot.processes(), out_dir)
+    runs = []
+    try:
+        for _ in range(rounds):
+            runs.append(burst(hot, reports, "profile"))
+    finally:
+        stop(recorders)
+    return {
+        "reports": reports,
+        "rounds": rounds,
+        "reports_per_second": [round(run["reports_per_second"], 2) for run in runs],
+        "folded_stacks": str(out_dir),
+        "services": {name: summarise(out_dir / f"{name}.folded") for name in sorted(recorders)},
+    }
+
+
+def record(processes: dict[str, int], out_dir: Path | None) -> dict[str, subprocess.Popen[bytes]]:
+    """A py-spy recorder on each named process, writing `<name>.folded` into out_dir (none without one)."""
+    if out_dir is None:
+        return {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    recorders = {
+    return {
         name: subprocess.Popen(
             [
                 str(PY_SPY),
@@ -62,24 +82,16 @@ def profile(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for name, pid in hot.processes().items()
+        for name, pid in processes.items()
     }
-    runs = []
-    try:
-        for _ in range(rounds):
-            runs.append(burst(hot, reports, "profile"))
-    finally:
-        for recorder in recorders.values():
-            recorder.send_signal(signal.SIGINT)
-        for recorder in recorders.values():
-            recorder.wait(60)
-    return {
-        "reports": reports,
-        "rounds": rounds,
-        "reports_per_second": [round(run["reports_per_second"], 2) for run in runs],
-        "folded_stacks": str(out_dir),
-        "services": {name: summarise(out_dir / f"{name}.folded") for name in sorted(recorders)},
-    }
+
+
+def stop(recorders: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Each recorder writes its file as it stops."""
+    for recorder in recorders.values():
+        recorder.send_signal(signal.SIGINT)
+    for recorder in recorders.values():
+        recorder.wait(60)
 
 
 def summarise(folded: Path) -> dict[str, object]:

@@ -13,12 +13,14 @@ from typing import Protocol
 
 import pika
 import redis
+import requests
 
 from bench.baseline_chord.tasks import DONE_QUEUE, create_app, request_report
 from bench.completions import CompletionListener
 from bench.fake_github import FakeGitHubProcess
 from tests.support.broker import Broker
 from tests.support.services import ServiceProcess
+from tests.support.smtp import free_port
 
 PERIOD = "month"  # five full pages of 100 repositories: the whole 2.7 MB a report can cost
 # The original design's layout, so that both designs write the same bytes.
@@ -114,6 +116,7 @@ class HotreposSystem:
             "TODAY": github.today.isoformat(),
         }
         self.fetchers: list[ServiceProcess] = []
+        self.gateways: list[ServiceProcess] = []
         self._fetcher_env: dict[str, str] = {}
         self._started_fetchers = 0
         self.services = [
@@ -156,6 +159,22 @@ class HotreposSystem:
             self.fetchers.append(ServiceProcess(name, {**self._env, **env}, self._log_dir).start())
         wait_for_consumers(self.amqp_url, {"fetcher.report.requested": count, "fetcher.tasks": count}, self.fetchers)
 
+    def start_gateways(self, count: int, env: dict[str, str]) -> list[str]:
+        """`count` gateway replicas on free loopback ports, ready to answer; their base URLs."""
+        urls = []
+        for index in range(1, count + 1):
+            port = free_port()
+            gateway_env = {**self._env, **env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port)}
+            self.gateways.append(ServiceProcess(f"gateway-{index}", gateway_env, self._log_dir).start())
+            urls.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + START_TIMEOUT
+        for gateway, url in zip(self.gateways[-count:], urls, strict=True):
+            while not _ready(url):
+                if not gateway.alive or time.monotonic() > deadline:
+                    raise RuntimeError(f"{gateway.name} is not ready:\n{gateway.output()[-3000:]}")
+                time.sleep(0.2)
+        return urls
+
     def request(self, report_id: str, ref_date: dt.date | None = None, priority: str | None = None) -> None:
         data: dict[str, str] = {"report_id": report_id, "period": PERIOD, "layout": LAYOUT}
         if ref_date is not None:
@@ -178,7 +197,11 @@ class HotreposSystem:
         )
 
     def processes(self) -> dict[str, int]:
-        return {s.name: s.process.pid for s in [*self.fetchers, *self.services] if s.process is not None and s.alive}
+        return {
+            s.name: s.process.pid
+            for s in [*self.fetchers, *self.services, *self.gateways]
+            if s.process is not None and s.alive
+        }
 
     def stop(self) -> None:
         listener = getattr(self, "listener", None)
@@ -187,8 +210,15 @@ class HotreposSystem:
         connection = getattr(self, "_connection", None)
         if connection is not None and connection.is_open:
             connection.close()
-        stop_all([*self.fetchers, *self.services])
+        stop_all([*self.gateways, *self.fetchers, *self.services])
         self.broker.delete_vhost(self.vhost)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/readyz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 class BaselineSystem:

@@ -59,6 +59,16 @@ def check_name(name: str) -> str:
     return name
 
 
+class RedisTokenLookup:
+    """The records read on asyncio, for the gateway: a request waits on Redis without taking a thread."""
+
+    def __init__(self, redis_client: Any) -> None:
+        self._redis = redis_client
+
+    async def lookup_digest(self, digest: str) -> ApiToken | None:
+        return decode_stored(ApiToken, await self._redis.hget(_TOKENS_KEY, digest))
+
+
 class RedisApiTokens:
     """The tokens in two Redis hashes: records by digest, and each name's live digest."""
 

@@ -11,10 +11,14 @@ A request without an identity gets a 401, logged with its reason; never with a h
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal, Protocol
 
+import structlog
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BeforeValidator, EmailStr, TypeAdapter, ValidationError
@@ -27,6 +31,8 @@ from shared.progress import ReportStatus
 
 AuthMode = Literal["token", "proxy", "none"]
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+log = structlog.get_logger("hotrepos.gateway")
+
 LOOPBACK_NAMES = frozenset({"localhost"})
 PROXY_USER_HEADER = "X-Forwarded-User"
 PROXY_EMAIL_HEADER = "X-Forwarded-Email"
@@ -48,7 +54,7 @@ ANONYMOUS = Identity(name="anonymous", admin=True)
 
 
 class TokenLookup(Protocol):
-    def lookup_digest(self, digest: str) -> ApiToken | None: ...
+    async def lookup_digest(self, digest: str) -> ApiToken | None: ...
 
 
 def is_loopback(host: str) -> bool:
@@ -90,15 +96,78 @@ class Authentication:
     tokens: TokenLookup | None = None
     trusted_proxies: tuple[IpNetwork, ...] = ()
 
-    def still_valid(self, identity: Identity) -> bool:
+    async def still_valid(self, identity: Identity) -> bool:
         """False once the token the identity came with is revoked: an open stream then ends."""
         if identity.token_digest is None or self.tokens is None:
             return True
-        record = self.tokens.lookup_digest(identity.token_digest)
+        record = await self.tokens.lookup_digest(identity.token_digest)
         return record is not None and not record.revoked
 
 
 OPEN = Authentication()
+
+
+class Wakeable(Protocol):
+    def wake(self) -> None: ...
+
+
+@dataclass(eq=False)
+class TokenWatch:
+    """One open stream's token: revoked turns true, and the stream is woken, once the token is revoked."""
+
+    identity: Identity
+    stream: Wakeable
+    revoked: bool = False
+
+
+class StreamTokens:
+    """The tokens of the open streams, checked once a second each, whatever the number of streams.
+
+    One task per process reads each token's record once a second and wakes the streams whose token
+    was revoked: an idle stream costs nothing in between, and a thousand streams on one token cost
+    the store one read a second, not a thousand.
+    """
+
+    def __init__(self, authentication: Authentication, every_seconds: float = 1.0) -> None:
+        self._authentication = authentication
+        self._every = every_seconds
+        self._watches: dict[str, set[TokenWatch]] = {}
+        self._checking: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def watching(self, identity: Identity, stream: Wakeable) -> Iterator[TokenWatch]:
+        watch = TokenWatch(identity, stream)
+        digest = identity.token_digest
+        if digest is None:  # no token, nothing to revoke
+            yield watch
+            return
+        self._watches.setdefault(digest, set()).add(watch)
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.ensure_future(self._check_every_second())
+        try:
+            yield watch
+        finally:
+            watches = self._watches.get(digest)
+            if watches is not None:
+                watches.discard(watch)
+                if not watches:
+                    del self._watches[digest]
+
+    async def _check_every_second(self) -> None:
+        while self._watches:
+            await asyncio.sleep(self._every)
+            for watches in list(self._watches.values()):
+                if not watches:
+                    continue
+                try:
+                    valid = await self._authentication.still_valid(next(iter(watches)).identity)
+                except Exception as exc:  # the store down: the streams stay, as requests would fail anyway
+                    log.warning("stream_tokens.check_failed", error=str(exc))
+                    continue
+                if not valid:
+                    for watch in list(watches):
+                        watch.revoked = True
+                        watch.stream.wake()
 
 
 def _refuse(request: Request, reason: str, *, bearer: bool, **details: object) -> HTTPException:
@@ -107,13 +176,13 @@ def _refuse(request: Request, reason: str, *, bearer: bool, **details: object) -
     return HTTPException(status_code=401, detail=f"not authenticated: {reason}", headers=headers)
 
 
-def _token_identity(
+async def _token_identity(
     tokens: TokenLookup | None, request: Request, credentials: HTTPAuthorizationCredentials | None
 ) -> Identity:
     if credentials is None:
         raise _refuse(request, "no bearer token", bearer=True)
     digest = token_digest(credentials.credentials)
-    record = tokens.lookup_digest(digest) if tokens is not None else None
+    record = await tokens.lookup_digest(digest) if tokens is not None else None
     if record is None:
         raise _refuse(request, "unknown token", bearer=True)
     if record.revoked:
@@ -146,7 +215,7 @@ def _email_or_none(value: str | None) -> str | None:
 _bearer = HTTPBearer(auto_error=False, description="An API token, from `hotrepos tokens create NAME`")
 
 
-def current_identity(
+async def current_identity(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Identity:
     """Who is asking, as the app's Authentication (create_app puts it in app.state) finds out; or a 401."""
@@ -155,7 +224,7 @@ def current_identity(
         return ANONYMOUS
     if auth.mode == "proxy":
         return _proxy_identity(auth, request)
-    return _token_identity(auth.tokens, request, credentials)
+    return await _token_identity(auth.tokens, request, credentials)
 
 
 # What every API route takes its caller from.

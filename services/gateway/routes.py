@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway.access import OPEN, Authentication, Caller, Identity, may_see
+from services.gateway.access import OPEN, Authentication, Caller, Identity, StreamTokens, may_see
 from services.gateway.feed import ProgressFeed
 from services.gateway.hardening import (
     DEFAULT_MAX_BODY_BYTES,
@@ -34,7 +34,7 @@ from services.gateway.idempotency import IdempotencyKeys, RecentOrders
 from services.gateway.orders import FutureDate, KeyReused, Ordering, QuotaExceeded, place_order
 from services.gateway.quota import RequestQuota, Unlimited
 from services.gateway.sse import progress_stream
-from services.gateway.store import ReportStatuses
+from services.gateway.store import ReportReader, ReportStatuses
 from services.gateway.views import (
     ReportAccepted,
     ReportOrder,
@@ -68,6 +68,7 @@ class GatewayDependencies:
     publisher: EventPublisher
     broker_errors: tuple[type[BaseException], ...]
     statuses: ReportStatuses
+    reader: ReportReader
     feed: ProgressFeed
     idempotency: IdempotencyKeys
     processed: ProcessedEvents
@@ -169,6 +170,9 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
+        # Our spans come from shared.tracing, which sets no global OpenTelemetry provider: FastAPI's own
+        # telemetry would look for one in the environment on every request, and never find it.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # The last added runs first: the headers go on every answer, a 413 and a 500 included, and a listed
     # origin's page can read a 413 too, since it passes through CORS.
@@ -182,6 +186,7 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
     app.state.authentication = deps.authentication  # read by access.current_identity
     app.include_router(webhook_routes(deps.webhooks))
     ordering = deps.ordering()
+    stream_tokens = StreamTokens(deps.authentication)
 
     @app.exception_handler(ServiceUnavailable)
     async def service_unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
@@ -199,22 +204,20 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         log_refusal(request.scope, 429, "quota", identity=exc.identity, retry_after=exc.retry_after)
         return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(int(exc.retry_after))})
 
-    def known_status(report_id: str) -> ReportStatus | None:
+    async def visible_status(
+        request: Request, report_id: str, identity: Identity
+    ) -> tuple[ReportStatus | None, str | None]:
+        """The report and its owner, if the caller may see it: to anyone else it does not exist, so ids
+        leak nothing."""
         try:
             _report_ids.validate_python(report_id)
         except ValidationError:
-            return None  # an id no report can have: as unknown as any other
-        return deps.statuses.get(report_id)
-
-    def visible_status(request: Request, report_id: str, identity: Identity) -> ReportStatus | None:
-        """The report, if the caller may see it: to anyone else it does not exist, so ids leak nothing."""
-        status = known_status(report_id)
-        if status is None or identity.admin:
-            return status
-        if may_see(identity, status, deps.statuses.owner_of(report_id)):
-            return status
+            return None, None  # an id no report can have: as unknown as any other
+        status, owner = await deps.reader.status_and_owner(report_id)
+        if status is None or identity.admin or may_see(identity, status, owner):
+            return status, owner
         log_refusal(request.scope, 404, "another identity's report", identity=identity.name, report_id=report_id)
-        return None
+        return None, None
 
     def not_found(report_id: str, what: str = "report") -> JSONResponse:
         return JSONResponse({"detail": f"no {what} for report {report_id!r}"}, status_code=404)
@@ -251,14 +254,14 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         return JSONResponse(answer.model_dump(), status_code=202, headers={"Location": answer.status_url})
 
     @app.get("/api/reports", response_model=ReportPage, tags=["reports"])
-    def list_reports(
+    async def list_reports(
         identity: Caller,
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> ReportPage:
         """The report history, newest first: one's own reports and the scheduled ones (an admin's: all)."""
         visible_to = None if identity.admin else identity.name
-        statuses, total = deps.statuses.recent(offset=offset, limit=limit, visible_to=visible_to)
+        statuses, total = await deps.reader.recent(offset=offset, limit=limit, visible_to=visible_to)
         return ReportPage(
             items=[view_of(status) for status in statuses],
             total=total,
@@ -273,9 +276,9 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         tags=["reports"],
         responses={404: {"description": "Unknown report"}},
     )
-    def report_status(request: Request, report_id: str, identity: Caller) -> ReportStatusView | JSONResponse:
+    async def report_status(request: Request, report_id: str, identity: Caller) -> ReportStatusView | JSONResponse:
         """Where a report stands, built from its events alone."""
-        status = visible_status(request, report_id, identity)
+        status, _ = await visible_status(request, report_id, identity)
         return view_of(status) if status else not_found(report_id)
 
     @app.delete(
@@ -289,21 +292,26 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
             503: {"description": "Retry later"},
         },
     )
-    def cancel_report(request: Request, report_id: str, identity: Caller) -> JSONResponse:
+    async def cancel_report(request: Request, report_id: str, identity: Caller) -> JSONResponse:
         """Cancel a report: broadcast on hotrepos.control, every replica of every service drops its work."""
-        status = visible_status(request, report_id, identity)
+        status, owner = await visible_status(request, report_id, identity)
         if status is None:
             return not_found(report_id)
-        if not identity.admin and deps.statuses.owner_of(report_id) != identity.name:
+        if not identity.admin and owner != identity.name:
             # A scheduled report is everyone's to see, and so no one's but an admin's to cancel.
             log_refusal(request.scope, 403, "a scheduled report", identity=identity.name, report_id=report_id)
             return JSONResponse({"detail": "a scheduled report: only an admin may cancel it"}, status_code=403)
         if status.terminal:
             return JSONResponse({"detail": f"report {report_id!r} is already {status.state}"}, status_code=409)
         command = ReportCancelRequested(report_id=report_id, reason="cancelled by request")
-        try:
+
+        def publish() -> None:
             with event_scope(EventContext(correlationid=report_id)):
                 deps.publisher.publish(command)
+
+        try:
+            # The publisher blocks until the broker confirms: in a thread, not on the event loop.
+            await anyio.to_thread.run_sync(publish)
         except deps.broker_errors as exc:
             log.warning("broker.unreachable", error=str(exc), report_id=report_id)
             raise ServiceUnavailable("the broker does not answer") from None
@@ -315,12 +323,12 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         tags=["reports"],
         responses={200: {"content": {"text/csv": {}}}, 404: {"description": "No such file"}},
     )
-    def download_report(request: Request, report_id: str, identity: Caller) -> Response:
+    async def download_report(request: Request, report_id: str, identity: Caller) -> Response:
         """The report's CSV file, as an attachment."""
-        status = visible_status(request, report_id, identity)
+        status, _ = await visible_status(request, report_id, identity)
         if status is None or status.state != "exported" or not status.file_name:
             return not_found(report_id, "file")
-        path = file_inside(deps.reports_dir, status.file_name)
+        path = await anyio.to_thread.run_sync(file_inside, deps.reports_dir, status.file_name)
         if path is None:
             log.warning("download.refused", report_id=report_id, file_name=status.file_name)
             return not_found(report_id, "file")
@@ -340,7 +348,7 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     ) -> Response:
         """Server-Sent Events of the report's progress, from its first step (or Last-Event-ID) on."""
-        status = await anyio.to_thread.run_sync(visible_status, request, report_id, identity)
+        status, _ = await visible_status(request, report_id, identity)
         if status is None:
             return not_found(report_id)
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
@@ -353,9 +361,7 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
                 after,
                 keepalive_seconds=deps.keepalive_seconds,
                 interrupted_by=REDIS_ERRORS,
-                still_allowed=partial(anyio.to_thread.run_sync, deps.authentication.still_valid, identity)
-                if identity.token_digest is not None
-                else None,
+                token=partial(stream_tokens.watching, identity),
             ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

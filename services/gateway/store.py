@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import uuid
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from shared.progress import ReportStatus, apply_event
 from shared.stored import decode_stored
 
 STATUS_TTL_SECONDS = 30 * 24 * 3600
+DECODED_STATUSES_KEPT = 2048
 HISTORY_KEY = "hotrepos:gateway:reports"
 # The scheduled reports' history: they belong to everyone, so everyone's history lists them.
 SCHEDULED_HISTORY_KEY = "hotrepos:gateway:reports:scheduled"
@@ -24,15 +26,21 @@ class ReportStatuses(Protocol):
 
     def apply(self, data: EventData, meta: EventMeta) -> ReportStatus | None: ...
 
-    def recent(self, *, offset: int, limit: int, visible_to: str | None = None) -> tuple[list[ReportStatus], int]:
-        """A page of the history, newest first; with visible_to, only that owner's and the scheduled ones."""
-        ...
-
     def record_owner(self, report_id: str, owner: str, at: dt.datetime) -> None:
         """Whose report it is: recorded before its request is published, so no event precedes it."""
         ...
 
-    def owner_of(self, report_id: str) -> str | None: ...
+
+class ReportReader(Protocol):
+    """What the API's reads ask, on asyncio: a request waits on Redis without taking a thread."""
+
+    async def status_and_owner(self, report_id: str) -> tuple[ReportStatus | None, str | None]:
+        """The report and whose it is, in one round trip."""
+        ...
+
+    async def recent(self, *, offset: int, limit: int, visible_to: str | None = None) -> tuple[list[ReportStatus], int]:
+        """A page of the history, newest first; with visible_to, only that owner's and the scheduled ones."""
+        ...
 
 
 def status_key(report_id: str) -> str:
@@ -49,6 +57,15 @@ def owned_history_key(owner: str) -> str:
 
 
 def decode_status(raw: bytes | str | None) -> ReportStatus | None:
+    if raw is None:
+        return None
+    return _decoded(raw.encode() if isinstance(raw, str) else raw)
+
+
+# The same document is read again and again (every stream of a report at each change, every history
+# page lists the same recent reports) and a status is frozen: the same bytes decode once.
+@functools.lru_cache(maxsize=DECODED_STATUSES_KEPT)
+def _decoded(raw: bytes) -> ReportStatus | None:
     return decode_stored(ReportStatus, raw)
 
 
@@ -103,27 +120,38 @@ class RedisReportStatuses:
     def owner_of(self, report_id: str) -> str | None:
         return RedisReportOwners(self._redis).owner_of(report_id)
 
-    def recent(self, *, offset: int, limit: int, visible_to: str | None = None) -> tuple[list[ReportStatus], int]:
+
+class RedisReportReader:
+    """The projection read on asyncio, for the API's reads."""
+
+    def __init__(self, redis_client: Any) -> None:
+        self._redis = redis_client
+
+    async def status_and_owner(self, report_id: str) -> tuple[ReportStatus | None, str | None]:
+        raw_status, raw_owner = await self._redis.mget([status_key(report_id), owner_key(report_id)])
+        owner = raw_owner.decode() if isinstance(raw_owner, bytes) else raw_owner
+        return decode_status(raw_status), owner
+
+    async def recent(self, *, offset: int, limit: int, visible_to: str | None = None) -> tuple[list[ReportStatus], int]:
         """A page of the history, newest first, and the history's length; with visible_to, only that
         owner's reports and the scheduled ones."""
-        if visible_to is None:
-            return self._page_of(HISTORY_KEY, offset, limit)
-        # Both indexes merged into a throwaway key, in one transaction: a page and its total agree.
-        merged = f"hotrepos:gateway:history-view:{uuid.uuid4().hex}"
-        pipe = self._redis.pipeline()
-        pipe.zunionstore(merged, [owned_history_key(visible_to), SCHEDULED_HISTORY_KEY], aggregate="MAX")
-        pipe.zrevrange(merged, offset, offset + limit - 1)
-        pipe.delete(merged)
-        total, ids, _ = pipe.execute()
-        return self._statuses_of(ids), int(total)
-
-    def _page_of(self, key: str, offset: int, limit: int) -> tuple[list[ReportStatus], int]:
-        total = int(self._redis.zcard(key))
-        return self._statuses_of(self._redis.zrevrange(key, offset, offset + limit - 1)), total
-
-    def _statuses_of(self, raw_ids: list[Any]) -> list[ReportStatus]:
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw_ids]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if visible_to is None:
+                pipe.zcard(HISTORY_KEY)
+                pipe.zrevrange(HISTORY_KEY, offset, offset + limit - 1)
+                total, ids = await pipe.execute()
+            else:
+                # Both indexes merged into a throwaway key, in one transaction: a page and its total agree.
+                merged = f"hotrepos:gateway:history-view:{uuid.uuid4().hex}"
+                pipe.zunionstore(merged, [owned_history_key(visible_to), SCHEDULED_HISTORY_KEY], aggregate="MAX")
+                pipe.zrevrange(merged, offset, offset + limit - 1)
+                pipe.delete(merged)
+                total, ids, _ = await pipe.execute()
         if not ids:
-            return []
-        found = [decode_status(raw) for raw in self._redis.mget([status_key(i) for i in ids])]
-        return [status for status in found if status is not None]
+            return [], int(total)
+        found = [decode_status(raw) for raw in await self._redis.mget([status_key(_text(i)) for i in ids])]
+        return [status for status in found if status is not None], int(total)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

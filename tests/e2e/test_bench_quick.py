@@ -60,6 +60,25 @@ FIGURES: list[tuple[str, ...]] = [
         for service in ("fetcher-1", "aggregator", "exporter", "notifier", "fetcher-beat")
     ),
     *(
+        ("gateway", f"{replicas}_replicas", *name)
+        for replicas in (1, 2)
+        for name in (
+            ("errors",),
+            ("error_rate",),
+            *(
+                ("endpoints", endpoint, measure)
+                for endpoint in ("GET /api/reports/{id}", "GET /api/reports", "POST /api/reports")
+                for measure in ("requests", "failures", "per_second", "p50_ms", "p99_ms")
+            ),
+            ("streams_told", "streams_told"),
+            ("streams_told", "max_ms"),
+            ("gateway", "cpu_cores"),
+            ("gateway", "peak_rss_mb", "gateway-1"),
+            ("locust_cpu_cores",),
+            ("machine_busy",),
+        )
+    ),
+    *(
         ("targets", target, "measured")
         for target in (
             "latency_0ms_p50_ratio",
@@ -75,6 +94,11 @@ FIGURES: list[tuple[str, ...]] = [
             "backlog_budget_use",
             "backlog_people_first",
             "memory_stack_peak_mb",
+            *(
+                f"gateway_{replicas}_{name}"
+                for replicas in (1, 2)
+                for name in ("errors", "status_p99_ms", "every_stream_told_ms")
+            ),
         )
     ),
 ]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 import uuid
 
 import redis
+import redis.asyncio
 
 from services.gateway.quota import RedisRequestQuota
-from services.gateway.store import RedisReportStatuses
+from services.gateway.store import RedisReportReader, RedisReportStatuses
 from shared.events import ReportRequested, event_type_of
 from shared.handling import EventMeta
 
@@ -73,12 +75,20 @@ def test_ones_history_is_ones_own_reports_and_the_scheduled_ones(redis_url: str)
     requested(store, scheduled, priority="scheduled")
 
     assert store.owner_of(mine[0]) == alice and store.owner_of(scheduled) is None
-    page, total = store.recent(offset=0, limit=100, visible_to=alice)
-    ids = [status.report_id for status in page]
-    assert set(mine) <= set(ids) and scheduled in ids and theirs not in ids
-    assert total == len(ids)
-    first, _ = store.recent(offset=0, limit=2, visible_to=alice)
-    second, _ = store.recent(offset=2, limit=100, visible_to=alice)
-    assert [s.report_id for s in first + second] == ids  # newest first, paged
-    everything, _ = store.recent(offset=0, limit=10_000)
-    assert {*mine, theirs, scheduled} <= {status.report_id for status in everything}
+
+    async def read() -> None:
+        reader = RedisReportReader(redis.asyncio.Redis.from_url(redis_url))
+        status, owner = await reader.status_and_owner(mine[0])
+        assert status is not None and status.report_id == mine[0] and owner == alice
+        assert (await reader.status_and_owner(scheduled))[1] is None
+        page, total = await reader.recent(offset=0, limit=100, visible_to=alice)
+        ids = [status.report_id for status in page]
+        assert set(mine) <= set(ids) and scheduled in ids and theirs not in ids
+        assert total == len(ids)
+        first, _ = await reader.recent(offset=0, limit=2, visible_to=alice)
+        second, _ = await reader.recent(offset=2, limit=100, visible_to=alice)
+        assert [s.report_id for s in first + second] == ids  # newest first, paged
+        everything, _ = await reader.recent(offset=0, limit=10_000)
+        assert {*mine, theirs, scheduled} <= {status.report_id for status in everything}
+
+    asyncio.run(read())

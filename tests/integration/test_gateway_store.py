@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 import uuid
 
 import redis
+import redis.asyncio
 
-from services.gateway.store import RedisReportStatuses, progress_channel
+from services.gateway.store import RedisReportReader, RedisReportStatuses, progress_channel
 from shared.events import EventData, ReportPageFetched, ReportRequested, ReportSpec, event_type_of
 from shared.handling import EventMeta
 
@@ -62,14 +64,18 @@ def test_history_is_newest_first_and_each_change_is_announced(redis_url: str) ->
             data = ReportRequested(report_id=report_id, period="week")
             store.apply(data, event_of(data, base + dt.timedelta(milliseconds=index)))
 
-        everything, total = store.recent(offset=0, limit=10_000)
-        listed = [s.report_id for s in everything]
-        assert [i for i in listed if i in ids] == list(reversed(ids))
-        newest = listed.index(ids[-1])
-        first_page, _ = store.recent(offset=newest, limit=2)
-        second_page, _ = store.recent(offset=newest + 2, limit=1)
-        assert [s.report_id for s in first_page + second_page] == list(reversed(ids))
-        assert total >= 3
+        async def read() -> None:
+            reader = RedisReportReader(redis.asyncio.Redis.from_url(redis_url))
+            everything, total = await reader.recent(offset=0, limit=10_000)
+            listed = [s.report_id for s in everything]
+            assert [i for i in listed if i in ids] == list(reversed(ids))
+            newest = listed.index(ids[-1])
+            first_page, _ = await reader.recent(offset=newest, limit=2)
+            second_page, _ = await reader.recent(offset=newest + 2, limit=1)
+            assert [s.report_id for s in first_page + second_page] == list(reversed(ids))
+            assert total >= 3
+
+        asyncio.run(read())
         announced = pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
         assert announced is not None and announced["data"] == b"1"
     finally:

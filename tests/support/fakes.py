@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ipaddress
 import socket
@@ -11,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.gateway.feed import Wakeup
 from services.gateway.idempotency import IdempotentRequest
 from services.notifier.templates import Email
 from shared.api_tokens import ApiToken, token_digest
@@ -161,7 +161,10 @@ class InMemoryStatuses:
             self.statuses[report_id] = updated
         return updated
 
-    def recent(self, *, offset: int, limit: int, visible_to: str | None = None) -> tuple[list[ReportStatus], int]:
+    async def status_and_owner(self, report_id: str) -> tuple[ReportStatus | None, str | None]:
+        return self.statuses.get(report_id), self.owners.get(report_id)
+
+    async def recent(self, *, offset: int, limit: int, visible_to: str | None = None) -> tuple[list[ReportStatus], int]:
         newest = sorted(
             (
                 status
@@ -183,7 +186,7 @@ class InMemoryStatuses:
 
 
 class InMemoryFeed:
-    """The statuses' changes, announced in process: a stream wakes on each apply made through it."""
+    """The statuses read in process; a stream re-reads at each keepalive, or when woken."""
 
     def __init__(self, statuses: InMemoryStatuses) -> None:
         self.statuses = statuses
@@ -193,12 +196,8 @@ class InMemoryFeed:
 
     @asynccontextmanager
     async def subscription(self, report_id: str) -> AsyncIterator[Any]:
-        yield self
-
-    async def changed(self, timeout: float) -> bool:
-        # Nothing changes behind a test's back: a short nap stands for a quiet second.
-        await asyncio.sleep(0.001)
-        return False
+        # Nothing announces a change here: a stream wakes when woken, or re-reads at each keepalive.
+        yield Wakeup()
 
     async def close(self) -> None:
         return None
@@ -232,7 +231,7 @@ class InMemoryApiTokens:
     def __init__(self, **tokens: ApiToken) -> None:
         self.tokens = {token_digest(token): record for token, record in tokens.items()}
 
-    def lookup_digest(self, digest: str) -> ApiToken | None:
+    async def lookup_digest(self, digest: str) -> ApiToken | None:
         return self.tokens.get(digest)
 
     def revoke(self, token: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import time
@@ -15,7 +17,8 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from services.gateway.__main__ import GatewaySettings
-from services.gateway.access import Authentication, is_loopback
+from services.gateway.access import Authentication, Identity, StreamTokens, is_loopback
+from services.gateway.feed import Wakeup
 from services.gateway.hardening import CONTENT_SECURITY_POLICY
 from services.gateway.routes import create_app
 from services.gateway.webhooks import WebhookAdmin
@@ -138,7 +141,7 @@ class RevokedOnceUsed:
     def __init__(self) -> None:
         self.lookups = 0
 
-    def lookup_digest(self, digest: str) -> ApiToken | None:
+    async def lookup_digest(self, digest: str) -> ApiToken | None:
         self.lookups += 1
         return ApiToken(name="erin", created_at=CREATED, revoked_at=CREATED if self.lookups > 1 else None)
 
@@ -338,3 +341,34 @@ def test_token_is_the_default_and_proxies_are_listed_as_networks(monkeypatch: py
     settings = GatewaySettings()
     assert settings.gateway_auth == "token"
     assert settings.gateway_trusted_proxies == [PROXY, ipaddress.ip_network("172.18.0.0/16")]
+
+
+def test_the_streams_of_one_token_cost_the_store_one_read_a_second_and_all_end_on_revocation() -> None:
+    tokens = RevokedOnceUsed()
+    streams = StreamTokens(Authentication(mode="token", tokens=tokens), every_seconds=0.05)
+    erin = Identity(name="erin", admin=False, token_digest="erin-digest")
+
+    async def follow() -> tuple[list[bool], list[bool]]:
+        wakeups = [Wakeup() for _ in range(1000)]
+        with contextlib.ExitStack() as open_streams:
+            watches = [open_streams.enter_context(streams.watching(erin, wakeup)) for wakeup in wakeups]
+            woken = await asyncio.gather(*(wakeup.changed(timeout=5) for wakeup in wakeups))
+            return list(woken), [watch.revoked for watch in watches]
+
+    woken, revoked = asyncio.run(follow())
+    # The first check finds the token valid, the second revoked: two reads for a thousand streams.
+    assert all(woken) and all(revoked)
+    assert tokens.lookups == 2
+
+
+def test_a_stream_without_a_token_is_never_watched() -> None:
+    tokens = RevokedOnceUsed()
+    streams = StreamTokens(Authentication(mode="token", tokens=tokens), every_seconds=0.01)
+
+    async def follow() -> bool:
+        with streams.watching(Identity(name="anonymous", admin=True), Wakeup()) as watch:
+            await asyncio.sleep(0.05)
+            return watch.revoked
+
+    assert asyncio.run(follow()) is False
+    assert tokens.lookups == 0

@@ -86,6 +86,7 @@ def gateway_over(
         publisher=publisher,
         broker_errors=(BrokerDown,),
         statuses=statuses,
+        reader=statuses,
         feed=InMemoryFeed(statuses),
         idempotency=InMemoryIdempotencyKeys(),
         processed=processed,
