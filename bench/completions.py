@@ -6,6 +6,7 @@ are timed by identical code from publish to arrival.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -20,6 +21,8 @@ class Completion:
     arrived: float  # time.perf_counter()
     ok: bool
     body: dict[str, object]
+    # When the event says it was published (a CloudEvent's `time`), on the wall clock; None without one.
+    published: float | None = None
 
 
 class CompletionListener:
@@ -64,7 +67,10 @@ class CompletionListener:
         event = json.loads(body)
         data = event.get("data", event)  # hotrepos sends a CloudEvent, the baseline a plain object
         report_id = str(data.get("report_id"))
-        completion = Completion(report_id, arrived, event.get("type", "report.exported") != "report.failed", data)
+        ok = event.get("type", "report.exported") != "report.failed"
+        stamped = event.get("time")
+        published = dt.datetime.fromisoformat(stamped).timestamp() if isinstance(stamped, str) else None
+        completion = Completion(report_id, arrived, ok, data, published)
         with self._lock:
             self._done.setdefault(report_id, completion)
             waiter = self._waiters.get(report_id)

@@ -28,7 +28,7 @@ import requests
 
 from bench import profile
 from bench.fake_github import FakeGitHubProcess
-from bench.processes import MachineCpu, cpu_seconds, peak_rss_mb, reset_peaks, runqueue_wait_seconds
+from bench.processes import MachineCpu, cpu_seconds, peak_rss_mb, reset_peaks, runqueue_wait_since, runqueue_waits
 from bench.scenarios import REPORT_TIMEOUT, percentile
 from bench.systems import HotreposSystem
 from shared.api_tokens import RedisApiTokens
@@ -39,6 +39,7 @@ LOAD_FILE = Path(__file__).resolve().parent / "gateway_load.py"
 GITHUB_LATENCY_MS = 300
 SPAWN_PER_SECOND = 100
 STATUS = "GET /api/reports/{id}"
+STREAM_TO_OUTCOME = "stream, open to the outcome"  # as bench/gateway_load.py names it
 PERIODS = ("day", "week", "month")
 
 
@@ -98,7 +99,7 @@ def measure(
         reports = _warm_up(hot, urls[0], identities, orders)
         scheduled = _schedule(hot, load.scheduled, urls[0], identities[0]["token"])
         plan_path = workdir / f"gateway-load-{replicas}.json"
-        told_path = workdir / f"gateway-told-{replicas}.json"
+        streams_path = workdir / f"gateway-streams-{replicas}.json"
         plan_path.write_text(
             json.dumps(
                 {
@@ -111,7 +112,7 @@ def measure(
                     "readers": load.readers,
                     "reads_per_second_per_reader": load.reads_per_second / load.readers,
                     "requesters": load.report_requests_per_second,
-                    "told_path": str(told_path),
+                    "streams_path": str(streams_path),
                 }
             )
         )
@@ -119,13 +120,13 @@ def measure(
         reset_peaks(gateway_pids)
         csv_prefix = workdir / f"gateway-stats-{replicas}"
         recorders = profile.record(dict(zip([g.name for g in hot.gateways], gateway_pids, strict=True)), profile_dir)
-        cpu_before, waited_before = cpu_seconds(gateway_pids), runqueue_wait_seconds(gateway_pids)
+        cpu_before, waited_before = cpu_seconds(gateway_pids), runqueue_waits(gateway_pids)
         started = time.perf_counter()
         with MachineCpu() as machine:
             locust = _run_locust(load, plan_path, csv_prefix, workdir / f"locust-{replicas}.log")
         elapsed = time.perf_counter() - started
         gateway_cpu = cpu_seconds(gateway_pids) - cpu_before
-        gateway_waited = runqueue_wait_seconds(gateway_pids) - waited_before
+        gateway_waited = runqueue_wait_since(waited_before, gateway_pids)
         profile.stop(recorders)
         figures: dict[str, Any] = {
             "replicas": replicas,
@@ -138,7 +139,7 @@ def measure(
                 "scheduled_reports_in_line": load.scheduled,
             },
             "endpoints": _endpoints(Path(f"{csv_prefix}_stats.csv")),
-            "streams_told": _streams_told(hot, scheduled, told_path),
+            "streams_told": _streams_told(hot, scheduled, streams_path),
             "gateway": {
                 "cpu_cores": round(gateway_cpu / elapsed, 2),
                 # Ready to run, but every core busy with other processes: what the machine adds to answers.
@@ -150,11 +151,14 @@ def measure(
             "locust_cpu_cores": round(locust["cpu_seconds"] / elapsed, 2),
             "machine_busy": round(machine.busy, 2),
         }
-        totals = figures["endpoints"]["all"]
-        if not totals["requests"]:
+        # Counted from the first request, the ramp's included; a stream's outcome is not a request of its own.
+        written = json.loads(streams_path.read_text()) if streams_path.exists() else {}
+        made = sum(count for name, count in written.get("requests", {}).items() if name != STREAM_TO_OUTCOME)
+        if not made:
             raise RuntimeError(f"locust made no request:\n{(workdir / f'locust-{replicas}.log').read_text()[-3000:]}")
-        figures["errors"] = totals["failures"]
-        figures["error_rate"] = round(totals["failures"] / totals["requests"], 5) if totals["requests"] else None
+        figures["errors"] = sum(written.get("failures", {}).values())
+        figures["error_rate"] = round(figures["errors"] / made, 5)
+        figures["errors_by_endpoint"] = written.get("failures", {})
         if profile_dir is not None:
             figures["profile"] = {name: profile.summarise(profile_dir / f"{name}.folded") for name in recorders}
         return figures
@@ -250,7 +254,9 @@ def _endpoints(stats_csv: Path) -> dict[str, dict[str, Any]]:
     endpoints: dict[str, dict[str, Any]] = {}
     with stats_csv.open(newline="") as file:
         for row in csv.DictReader(file):
-            name = "all" if row["Name"] == "Aggregated" else row["Name"]
+            if row["Name"] == "Aggregated":
+                continue  # it mixes answers of milliseconds with streams held for a minute
+            name = row["Name"]
             endpoints[name] = {
                 "requests": int(row["Request Count"]),
                 "failures": int(row["Failure Count"]),
@@ -266,16 +272,30 @@ def _number(text: str) -> float | None:
     return None if text in ("", "N/A") else round(float(text), 1)
 
 
-def _streams_told(hot: HotreposSystem, scheduled: list[str], told_path: Path) -> dict[str, Any]:
-    """From `report.exported` on the broker to the frame that told each stream open at that moment."""
-    written = json.loads(told_path.read_text()) if told_path.exists() else {}
-    told, open_streams = written.get("told", []), written.get("open_streams", [])
+def _streams_told(hot: HotreposSystem, scheduled: list[str], streams_path: Path) -> dict[str, Any]:
+    """From `report.exported`'s publication to the frame that told each stream open at that moment.
+
+    A stream open when its report's outcome was published and never told it (it broke, or was still
+    waiting when the run stopped a second or more later) counts as not told.
+    """
+    written = json.loads(streams_path.read_text()) if streams_path.exists() else {}
+    streams, stopped_at = written.get("streams", []), written.get("stopped_at", 0.0)
+    open_streams = written.get("open_streams", [])
     outcomes = {report_id: hot.listener.arrived(report_id) for report_id in scheduled}
-    delays = []
-    for report_id, opened, at in told:
-        outcome = outcomes.get(report_id)
-        if outcome is not None and opened < outcome.arrived:
-            delays.append((at - outcome.arrived) * 1000)
+    published = {
+        report_id: outcome.published
+        for report_id, outcome in outcomes.items()
+        if outcome is not None and outcome.published is not None and outcome.published <= stopped_at
+    }
+    delays, not_told = [], 0
+    for report_id, opened, ended, told_at in streams:
+        at = published.get(report_id)
+        if at is None or opened >= at:
+            continue  # its report had not finished in the run, or it opened after the outcome
+        if told_at is not None:
+            delays.append((told_at - at) * 1000)
+        elif ended > at and at < stopped_at - 1.0:
+            not_told += 1
     return {
         # Sampled each second of the held load: streams open at once, between a report's end and the
         # watcher's next stream.
@@ -283,9 +303,11 @@ def _streams_told(hot: HotreposSystem, scheduled: list[str], told_path: Path) ->
             "mean": round(sum(open_streams) / len(open_streams)) if open_streams else None,
             "min": min(open_streams, default=None),
         },
-        "reports_finished": sum(1 for outcome in outcomes.values() if outcome is not None),
+        "reports_finished": len(published),
         "streams_told": len(delays),
+        "streams_not_told": not_told,
         "p50_ms": round(percentile(delays, 0.5), 1) if delays else None,
         "p99_ms": round(percentile(delays, 0.99), 1) if delays else None,
         "max_ms": round(max(delays), 1) if delays else None,
+        "min_ms": round(min(delays), 1) if delays else None,
     }

@@ -3,10 +3,12 @@
 Three kinds of users, their counts and rates read from the JSON file named by HOTREPOS_LOAD_PLAN:
 - watchers hold a progress stream each, on the scheduled reports waiting in GitHub's line (everyone may
   follow those), and open the next one when theirs ends: the streams stay open for the whole run;
-- readers ask for their own reports' status and for their history;
+- readers ask for the status of their own reports and of the team's scheduled ones, and for their
+  history;
 - requesters ask for reports, as the page's Generate button does.
 Every user signs in with one of the plan's API tokens, spread over the replicas. What locust does not
-time itself, when each stream was told its report's outcome, is written to the plan's `told_path`.
+time itself (each stream's life and when it was told its report's outcome) and every request and
+failure from the first are written to the plan's `streams_path`.
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ watchers_on: Counter[str] = Counter()
 reports_of: dict[str, list[str]] = {identity["token"]: [] for identity in IDENTITIES}
 for report_id, token in PLAN["reports"]:
     reports_of[token].append(report_id)
-# (report id, opened at, told at): time.perf_counter(), the system-wide monotonic clock on Linux, as
-# the bench's broker listener stamps report.exported.
-told: list[tuple[str, float, float]] = []
+# Each stream: (report id, opened at, ended at, told the outcome at or None), on the wall clock, as
+# the exporter's report.exported carries the time it was published.
+streams_followed: list[tuple[str, float, float, float | None]] = []
+# Every request and failure from the first, the ramp's included (locust's own figures restart after
+# the ramp, for the latencies of the held load).
+requests_made: Counter[str] = Counter()
+failures_made: Counter[str] = Counter()
 streams = {"open": 0}
 open_streams_each_second: list[int] = []
 _users = 0
@@ -102,8 +108,10 @@ class Watcher(HttpUser):
             streams["open"] -= 1
 
     def _follow(self, report_id: str) -> None:
-        opened = time.perf_counter()
-        outcome = None
+        opened, started = time.time(), time.perf_counter()
+        outcome: float | None = None
+        # Recorded however the stream ends, locust stopping it included: a stream open when its report
+        # finished and never told is what the figure must count.
         try:
             with self.client.get(
                 f"/api/reports/{report_id}/events",
@@ -122,14 +130,15 @@ class Watcher(HttpUser):
                     return
                 outcome = _read_to_outcome(response.iter_content(chunk_size=None))
         except Exception as exc:  # a stream that broke is an error of the run, whatever broke it
-            _fire(STREAM_TO_OUTCOME, opened, exc)
+            _fire(STREAM_TO_OUTCOME, started, exc)
             return
+        finally:
+            streams_followed.append((report_id, opened, time.time(), outcome))
         if outcome is None:
-            _fire(STREAM_TO_OUTCOME, opened, RuntimeError("the stream ended without the report's outcome"))
+            _fire(STREAM_TO_OUTCOME, started, RuntimeError("the stream ended without the report's outcome"))
             return
-        told.append((report_id, opened, outcome))
         _ended(report_id)
-        _fire(STREAM_TO_OUTCOME, opened, None)
+        _fire(STREAM_TO_OUTCOME, started, None)
 
 
 def _read_to_outcome(chunks: Any) -> float | None:
@@ -143,7 +152,7 @@ def _read_to_outcome(chunks: Any) -> float | None:
                 if line.startswith(b"data:"):
                     state = json.loads(line[5:]).get("state")
                     if state in ("exported", "failed"):
-                        return time.perf_counter()
+                        return time.time()
     return None
 
 
@@ -190,7 +199,13 @@ class Reader(PacedUser):
 
     @task(3)
     def status(self) -> None:
-        report_id = random.choice(reports_of[self.token])
+        # Half of them one's own reports (finished ones, mostly), half the team's scheduled reports,
+        # which change while they are read.
+        waiting = [report_id for report_id in scheduled_open if report_id]
+        if waiting and random.random() < 0.5:
+            report_id = random.choice(waiting)
+        else:
+            report_id = random.choice(reports_of[self.token])
         self.client.get(f"/api/reports/{report_id}", name="GET /api/reports/{id}", headers=_bearer(self.token))
 
     @task(1)
@@ -223,6 +238,23 @@ def _count_open_streams(**_: Any) -> None:
     gevent.spawn(count)
 
 
+@events.request.add_listener
+def _count(name: str, exception: BaseException | None = None, **_: Any) -> None:
+    requests_made[name] += 1
+    if exception is not None:
+        failures_made[name] += 1
+
+
 @events.quitting.add_listener
-def _write_told(environment: Any, **_: Any) -> None:
-    Path(PLAN["told_path"]).write_text(json.dumps({"told": told, "open_streams": open_streams_each_second}))
+def _write_streams(environment: Any, **_: Any) -> None:
+    Path(PLAN["streams_path"]).write_text(
+        json.dumps(
+            {
+                "streams": streams_followed,
+                "stopped_at": time.time(),
+                "open_streams": open_streams_each_second,
+                "requests": requests_made,
+                "failures": failures_made,
+            }
+        )
+    )

@@ -51,9 +51,9 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def runqueue_wait_seconds(pids: list[int]) -> float:
-    """Time the processes' threads have spent ready to run but waiting for a core (schedstat)."""
-    waited = 0
+def runqueue_waits(pids: list[int]) -> dict[int, float]:
+    """Each thread's time so far ready to run but waiting for a core (schedstat), by thread id."""
+    waits: dict[int, float] = {}
     for pid in pids:
         try:
             tasks = list(Path(f"/proc/{pid}/task").iterdir())
@@ -61,10 +61,15 @@ def runqueue_wait_seconds(pids: list[int]) -> float:
             continue
         for task in tasks:
             try:
-                waited += int((task / "schedstat").read_text().split()[1])
+                waits[int(task.name)] = int((task / "schedstat").read_text().split()[1]) / 1e9
             except (OSError, IndexError, ValueError):
                 continue
-    return waited / 1e9
+    return waits
+
+
+def runqueue_wait_since(before: dict[int, float], pids: list[int]) -> float:
+    """The waits added since `before`, thread by thread; a thread that ended meanwhile is not counted."""
+    return sum(wait - before.get(tid, 0.0) for tid, wait in runqueue_waits(pids).items())
 
 
 def with_children(pids: list[int]) -> list[int]:

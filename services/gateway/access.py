@@ -32,6 +32,8 @@ from shared.progress import ReportStatus
 AuthMode = Literal["token", "proxy", "none"]
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 log = structlog.get_logger("hotrepos.gateway")
+# A token check that takes longer is abandoned until the next sweep.
+CHECK_TIMEOUT_SECONDS = 2.0
 
 LOOPBACK_NAMES = frozenset({"localhost"})
 PROXY_USER_HEADER = "X-Forwarded-User"
@@ -156,18 +158,30 @@ class StreamTokens:
     async def _check_every_second(self) -> None:
         while self._watches:
             await asyncio.sleep(self._every)
+            failed: list[str] = []
             for watches in list(self._watches.values()):
                 if not watches:
                     continue
                 try:
-                    valid = await self._authentication.still_valid(next(iter(watches)).identity)
-                except Exception as exc:  # the store down: the streams stay, as requests would fail anyway
-                    log.warning("stream_tokens.check_failed", error=str(exc))
+                    # Bounded: a read stuck on a dead connection must not stop every later check.
+                    async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+                        valid = await self._authentication.still_valid(next(iter(watches)).identity)
+                except Exception as exc:  # the store down, or slow: retried at the next sweep
+                    failed.append(repr(exc))
                     continue
                 if not valid:
                     for watch in list(watches):
                         watch.revoked = True
                         watch.stream.wake()
+            if failed:
+                # The streams stay open meanwhile, as the store that would say otherwise does not answer.
+                log.warning("stream_tokens.check_failed", tokens=len(failed), error=failed[0])
+
+    async def close(self) -> None:
+        if self._checking is not None:
+            self._checking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checking
 
 
 def _refuse(request: Request, reason: str, *, bearer: bool, **details: object) -> HTTPException:

@@ -26,6 +26,8 @@ log = structlog.get_logger("hotrepos.gateway")
 CHANNEL_PREFIX = progress_channel("")
 RECONNECT_SECONDS = 0.5
 SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+PING_SECONDS = 5.0
+SILENT_SECONDS = 3 * PING_SECONDS
 
 
 class Changes(Protocol):
@@ -118,23 +120,40 @@ class RedisProgressFeed:
         while True:
             pubsub = self._redis.pubsub()
             try:
-                await pubsub.psubscribe(CHANNEL_PREFIX + "*")
-                # Only once Redis confirms is every later change sure to be heard.
-                while (await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_SECONDS) or {}).get("type") != "psubscribe":
-                    pass
-                self._subscribed.set()
-                self._wake_all()  # a change may have come while the subscription was down
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                    if message is not None and message["type"] == "pmessage":
-                        self._wake(_report_of(message["channel"]))
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                await self._hear(pubsub)
+            except Exception as exc:  # whatever broke it, the streams must not be left deaf
                 self._subscribed.clear()
-                log.warning("progress.subscription_lost", error=str(exc))
+                log.warning("progress.subscription_lost", error=repr(exc))
                 self._wake_all()
                 await asyncio.sleep(RECONNECT_SECONDS)
             finally:
-                await asyncio.shield(pubsub.aclose())
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pubsub.aclose())
+
+    async def _hear(self, pubsub: Any) -> None:
+        await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+        # Only once Redis confirms is every later change sure to be heard.
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SECONDS):
+            while (await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_SECONDS) or {}).get("type") != "psubscribe":
+                pass
+        self._subscribed.set()
+        self._wake_all()  # a change may have come while the subscription was down
+        loop = asyncio.get_running_loop()
+        heard_at = pinged_at = loop.time()
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            now = loop.time()
+            if message is not None:
+                heard_at = now  # a change, or the answer to a ping: the connection lives
+                if message["type"] == "pmessage":
+                    self._wake(_report_of(message["channel"]))
+            elif now - heard_at > SILENT_SECONDS:
+                # A connection dropped without a word (a half-open socket) would leave every
+                # stream of this replica deaf: asked every few seconds, it must answer.
+                raise redis.exceptions.TimeoutError(f"no answer from Redis for {SILENT_SECONDS:g} s")
+            if now - pinged_at >= PING_SECONDS:
+                pinged_at = now
+                await pubsub.ping()
 
     def _wake(self, report_id: str) -> None:
         followed = self._followed.get(report_id)

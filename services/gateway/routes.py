@@ -155,9 +155,12 @@ class RevalidatedStaticFiles(StaticFiles):
 def create_app(deps: GatewayDependencies) -> FastAPI:
     """The FastAPI application: the API under /api, the page at /, its OpenAPI docs at /docs."""
 
+    stream_tokens = StreamTokens(deps.authentication)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        await stream_tokens.close()
         await deps.feed.close()
 
     app = FastAPI(
@@ -186,7 +189,6 @@ def create_app(deps: GatewayDependencies) -> FastAPI:
     app.state.authentication = deps.authentication  # read by access.current_identity
     app.include_router(webhook_routes(deps.webhooks))
     ordering = deps.ordering()
-    stream_tokens = StreamTokens(deps.authentication)
 
     @app.exception_handler(ServiceUnavailable)
     async def service_unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:

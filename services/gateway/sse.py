@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -55,6 +56,8 @@ async def progress_stream(
         # Subscribed before reading, so no change can fall between the read and the wait.
         async with feed.subscription(report_id) as changes:
             with token(changes) as watch:
+                # Counted from the last byte sent, so wake-ups that send nothing do not put it off.
+                keepalive_at = time.monotonic() + keepalive_seconds
                 while watch is None or not watch.revoked:
                     status = await feed.get(report_id)
                     if status is not None:
@@ -62,12 +65,14 @@ async def progress_stream(
                             if step.seq > sent:
                                 yield progress_event(step, status)
                                 sent = step.seq
+                                keepalive_at = time.monotonic() + keepalive_seconds
                         if status.terminal and sent >= status.last_seq:
                             return
                     # Without a change, the re-read after a keepalive also covers a wake-up lost in a
                     # reconnection to Redis.
-                    if not await changes.changed(timeout=keepalive_seconds):
+                    if not await changes.changed(timeout=max(0.0, keepalive_at - time.monotonic())):
                         yield b": keepalive\n\n"
+                        keepalive_at = time.monotonic() + keepalive_seconds
                 log.info("progress.stream_ended", report_id=report_id, reason="its token was revoked")
     except interrupted_by as exc:
         # The client's EventSource reconnects with Last-Event-ID and resumes where it stopped.

@@ -72,6 +72,7 @@ FIGURES: list[tuple[str, ...]] = [
             ),
             ("streams_told", "streams_told"),
             ("streams_told", "max_ms"),
+            ("streams_told", "streams_not_told"),
             ("gateway", "cpu_cores"),
             ("gateway", "peak_rss_mb", "gateway-1"),
             ("locust_cpu_cores",),

@@ -89,3 +89,33 @@ def test_many_streams_share_one_subscription_and_one_read_per_change(redis_url: 
     store_client = redis.Redis.from_url(redis_url)
     store_client.delete(*[f"hotrepos:gateway:report:{r}" for r in (followed, sentinel, quiet)])
     store_client.zrem("hotrepos:gateway:reports", followed, sentinel, quiet)
+
+
+def test_a_lost_subscription_wakes_every_stream_and_is_made_again(redis_url: str) -> None:
+    name = f"feed-{uuid.uuid4().hex[:8]}"
+    followed, later = f"{name}-followed", f"{name}-later"
+    store = RedisReportStatuses(redis.Redis.from_url(redis_url))
+    for report_id in (followed, later):
+        fold(store, ReportRequested(report_id=report_id, period="day"))
+    admin = redis.Redis.from_url(redis_url)
+
+    async def run() -> None:
+        feed = RedisProgressFeed(redis.asyncio.Redis.from_url(redis_url, client_name=name))
+        async with feed.subscription(followed) as changes:
+            # The subscription's connection, and only it, cut from the server's side.
+            [subscriber] = [c for c in admin.client_list() if c.get("name") == name and "subscribe" in c["cmd"]]
+            admin.client_kill_filter(_id=subscriber["id"])
+            # The stream is woken to read again: a change may have been lost with the connection.
+            assert await changes.changed(timeout=10)
+            # A stream opened now waits for the new subscription; its report's next change is heard
+            # through it, and only through it (nothing else wakes that stream).
+            async with feed.subscription(later) as later_changes:
+                fold(store, page_of(later))
+                assert await later_changes.changed(timeout=5)
+                status = await feed.get(later)
+                assert status is not None and status.pages_fetched == 1
+        await feed.close()
+
+    asyncio.run(run())
+    admin.delete(*[f"hotrepos:gateway:report:{r}" for r in (followed, later)])
+    admin.zrem("hotrepos:gateway:reports", followed, later)
