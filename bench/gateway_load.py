@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 from locust import FastHttpUser, HttpUser, events, task
 
 PLAN: dict[str, Any] = json.loads(Path(os.environ["HOTREPOS_LOAD_PLAN"]).read_text())
@@ -46,6 +47,7 @@ requests_made: Counter[str] = Counter()
 failures_made: Counter[str] = Counter()
 streams = {"open": 0}
 open_streams_each_second: list[int] = []
+stopping = gevent.event.Event()
 _users = 0
 
 
@@ -231,11 +233,17 @@ class Requester(PacedUser):
 @events.spawning_complete.add_listener
 def _count_open_streams(**_: Any) -> None:
     def count() -> None:
-        while True:
+        while not stopping.is_set():
             open_streams_each_second.append(streams["open"])
-            time.sleep(1.0)
+            stopping.wait(1.0)
 
     gevent.spawn(count)
+
+
+@events.test_stopping.add_listener
+def _stop_counting(**_: Any) -> None:
+    # The held load ends here: the streams locust closes as it stops are not a figure of it.
+    stopping.set()
 
 
 @events.request.add_listener
