@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from shared.events import EventData, report_id_of
 from shared.handling import EventMeta
-from shared.ownership import RedisReportOwners, is_scheduled_report, owner_key
+from shared.ownership import is_scheduled_report, owner_key
 from shared.progress import ReportStatus, apply_event
 from shared.stored import decode_stored
 
@@ -116,9 +116,6 @@ class RedisReportStatuses:
         pipe.zremrangebyscore(history, "-inf", at.timestamp() - self._ttl)
         pipe.expire(history, self._ttl)
         pipe.execute()
-
-    def owner_of(self, report_id: str) -> str | None:
-        return RedisReportOwners(self._redis).owner_of(report_id)
 
 
 class RedisReportReader:

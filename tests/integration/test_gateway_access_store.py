@@ -14,6 +14,7 @@ from services.gateway.quota import RedisRequestQuota
 from services.gateway.store import RedisReportReader, RedisReportStatuses
 from shared.events import ReportRequested, event_type_of
 from shared.handling import EventMeta
+from shared.ownership import RedisReportOwners
 
 
 def client(redis_url: str) -> redis.Redis:
@@ -74,7 +75,8 @@ def test_ones_history_is_ones_own_reports_and_the_scheduled_ones(redis_url: str)
     requested(store, theirs)
     requested(store, scheduled, priority="scheduled")
 
-    assert store.owner_of(mine[0]) == alice and store.owner_of(scheduled) is None
+    owners = RedisReportOwners(client(redis_url))
+    assert owners.owner_of(mine[0]) == alice and owners.owner_of(scheduled) is None
 
     async def read() -> None:
         reader = RedisReportReader(redis.asyncio.Redis.from_url(redis_url))

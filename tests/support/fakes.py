@@ -181,9 +181,6 @@ class InMemoryStatuses:
     def record_owner(self, report_id: str, owner: str, at: dt.datetime) -> None:
         self.owners[report_id] = owner
 
-    def owner_of(self, report_id: str) -> str | None:
-        return self.owners.get(report_id)
-
 
 class InMemoryFeed:
     """The statuses read in process; a stream re-reads at each keepalive, or when woken."""

@@ -292,7 +292,7 @@ def test_a_proxy_is_believed_only_from_a_trusted_address(gateway: Gateway) -> No
         assert proxied.get(f"/api/reports/{report_id}", headers=other).status_code == 404
     [requested] = gateway.publisher.events
     assert requested.data["notify"] == "carol@example.com"  # the proxy's email, as the order named none
-    assert gateway.statuses.owner_of(report_id) == "carol"
+    assert gateway.statuses.owners[report_id] == "carol"
 
 
 def test_webhook_subscriptions_are_their_creators(tmp_path: Path) -> None:
