@@ -131,6 +131,14 @@ class PublishRefused(Exception):
     """The broker refused a publish (ACCESS_REFUSED): a permission is missing, not a connection."""
 
 
+class PublishNotTaken(ConnectionError):
+    """The broker did not take a publish after every try (nacked, or unreachable): an outage to wait out.
+
+    A ConnectionError, so that the pipeline retries the message later and a consumer whose verdict
+    could not be carried out reconnects, instead of the service exiting on a library error.
+    """
+
+
 @dataclass
 class DeliveryPipeline:
     """Decides what becomes of each message on one queue; the same steps for every service."""

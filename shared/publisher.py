@@ -10,12 +10,13 @@ from typing import Any
 import structlog
 from kombu.connection import Connection
 from kombu.entity import Exchange
+from kombu.exceptions import LimitExceeded, OperationalError
 from kombu.pools import ProducerPool
 
 from shared import metrics, tracing
 from shared.context import EventContext, current_context
 from shared.events import CONTENT_TYPE, CloudEvent, EventData, event_type_of, new_event_id
-from shared.pipeline import PublishRefused
+from shared.pipeline import PublishNotTaken, PublishRefused
 from shared.topology import EVENTS, exchange_of
 
 log = structlog.get_logger("hotrepos.publisher")
@@ -113,8 +114,13 @@ class Publisher:
         content_type: str = CONTENT_TYPE,
         expiration: float | None = None,
     ) -> None:
-        """Publish bytes as they are; returns once the broker has confirmed them."""
+        """Publish bytes as they are; returns once the broker has confirmed them.
+
+        Raises PublishRefused when the broker user may not publish there, and PublishNotTaken when
+        the broker kept nacking or could not be reached through every try of the retry policy.
+        """
         declare = [exchange] if isinstance(exchange, Exchange) and exchange.name else []
+        name = exchange.name if isinstance(exchange, Exchange) else exchange
         try:
             with self._producers.acquire(block=True, timeout=30) as producer:
                 producer.publish(
@@ -133,11 +139,17 @@ class Publisher:
                     # A broker that dies between publish and confirm must not hang the caller for ever.
                     confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
                 )
+        except (OperationalError, LimitExceeded) as exc:
+            # kombu's retries are spent: a nack (a quorum queue electing a leader nacks what it cannot
+            # take) is retried at once, so 20 nacks take milliseconds. The caller's backoff takes over.
+            raise PublishNotTaken(
+                f"broker did not take the publish to {name or DEFAULT_EXCHANGE_NAME!r} with routing key "
+                f"{routing_key!r}: {str(exc) or type(exc.__cause__).__name__}"
+            ) from exc
         except self._connection.channel_errors as exc:
             if getattr(exc, "reply_code", None) != ACCESS_REFUSED:
                 raise
             # Not a broker outage: this user may not publish there, and retrying cannot change that.
-            name = exchange.name if isinstance(exchange, Exchange) else exchange
             log.error(
                 "publish.refused", exchange=name or DEFAULT_EXCHANGE_NAME, routing_key=routing_key, reason=str(exc)
             )

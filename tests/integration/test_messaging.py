@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pika
 import pytest
 import redis
 
@@ -15,7 +16,7 @@ from shared.amqp import connect, declare_topology
 from shared.consumer import QueueConsumer, ServiceConsumer
 from shared.control import RedisCancellations
 from shared.dedup import RedisProcessedEvents
-from shared.events import ReportFailed, ReportRequested
+from shared.events import ReportFailed, ReportQueued, ReportRequested
 from shared.handling import EventMeta, RetryLater
 from shared.outcomes import OutcomePublisher, RedisOutcomeLedger
 from shared.pipeline import DeliveryPipeline, Route
@@ -214,4 +215,44 @@ def test_scope_travels_into_published_events(amqp_url: str, run_probe: Callable[
     properties = listener.raw[-1][0]
     assert properties.content_type == "application/cloudevents+json"
     assert properties.delivery_mode == 2 and properties.message_id == out["id"]
+    listener.close()
+
+
+def test_a_publish_the_broker_nacks_is_retried_later_and_the_consumer_lives_on(
+    amqp_url: str, run_probe: Callable[..., Running]
+) -> None:
+    # A queue that takes nothing and says so: the broker nacks every publish routed to it, as a quorum
+    # queue does while it has no leader. kombu retries a nack at once, so its retries are spent in
+    # milliseconds; before, the library error that followed stopped the consumer, and the service.
+    attempts: list[str] = []
+
+    def tell_the_place(data: ReportRequested, meta: EventMeta) -> list[ReportQueued]:
+        attempts.append(meta.id)
+        return [ReportQueued(report_id=data.report_id or meta.id, priority="interactive", position=0, eta_seconds=0)]
+
+    probe = run_probe(tell_the_place)
+    nacking = f"probe-nacking-{uuid.uuid4().hex[:8]}"
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = connection.channel()
+    channel.queue_declare(nacking, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    channel.queue_bind(nacking, "hotrepos.events", "report.queued")
+    listener = EventListener(amqp_url, "report.queued")
+    event = request("nacked-1")
+    publish(amqp_url, "report.requested", event)
+    eventually(lambda: len(attempts) >= 2, timeout=20, message="a second attempt, after a delay", interval=0.05)
+    # Not yet handled: the event is remembered as processed only once what it published was confirmed.
+    assert not probe.processed.seen(SUBSCRIPTION.queue_name, event["id"])
+    channel.queue_delete(nacking)
+    connection.close()
+    eventually(
+        lambda: probe.processed.seen(SUBSCRIPTION.queue_name, event["id"]),
+        timeout=20,
+        message="the event handled once the broker takes what it publishes",
+        interval=0.05,
+    )
+    # A nack says that some queue did not take the event; the others did, so they may hear it twice.
+    assert listener.of("report.queued")[-1]["data"]["report_id"] == "nacked-1"
+    assert probe.thread.is_alive()
+    assert set(attempts) == {event["id"]}
+    assert dead_letters(amqp_url, SUBSCRIPTION.dlq_name) == []
     listener.close()
