@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from bench import gateway, profile, scenarios
+from bench import floor, gateway, profile, scenarios, stages
 from bench.fake_github import FakeGitHubProcess
 from bench.gateway import GatewayLoad
 from bench.systems import BaselineSystem, HotreposSystem
@@ -319,6 +319,12 @@ def measure_speed(
     for latency_ms in (0, 300):
         log(f"latency at {latency_ms} ms: {plan.latency_runs} single reports each, interleaved")
         results["latency"][f"{latency_ms}ms"] = scenarios.latency(systems, github, latency_ms, plan.latency_runs)
+        log(f"where the time goes at {latency_ms} ms: {plan.latency_runs} more hotrepos reports, every event heard")
+        results["latency"][f"{latency_ms}ms"]["hotrepos_stages_p50_ms"] = stages.measure(
+            hot, github, latency_ms, plan.latency_runs
+        )
+    log(f"the broker's floor: {plan.latency_runs} messages through {len(floor.HOP_BYTES)} confirmed hops, no work")
+    results["broker_floor"] = floor.measure(hot.broker, plan.latency_runs)
     log(f"throughput at 0 ms: {plan.throughput_reports} reports at once, {plan.throughput_rounds} round(s) each")
     results["throughput"], results["memory"] = scenarios.throughput(
         systems, github, plan.throughput_reports, plan.throughput_rounds, plan.throughput_warmup

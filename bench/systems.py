@@ -186,6 +186,8 @@ class HotreposSystem:
             "id": str(uuid.uuid4()),
             "type": "report.requested",
             "source": "bench",
+            # Stamped as hotrepos stamps its own events: where a report's time goes is read from them.
+            "time": dt.datetime.now(dt.UTC).isoformat(),
             "datacontenttype": "application/json",
             "data": data,
         }

@@ -22,8 +22,19 @@ FIGURES: list[tuple[str, ...]] = [
             ("ratio_p95",),
             ("github_round_trip_ms",),
             ("hotrepos_p50_over_round_trip",),
+            *(
+                ("hotrepos_stages_p50_ms", stage)
+                for stage in (
+                    "fetcher_to_first_page",
+                    "fetcher_first_to_last_page",
+                    "aggregator",
+                    "exporter",
+                    "request_to_outcome",
+                )
+            ),
         )
     ),
+    *(("broker_floor", queue_type, name) for queue_type in ("quorum", "classic") for name in ("p50_ms", "p95_ms")),
     ("throughput", "hotrepos", "reports_per_second"),
     ("throughput", "baseline", "reports_per_second"),
     ("throughput", "ratio"),
