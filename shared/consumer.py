@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ from kombu.messaging import Consumer as KombuConsumer
 from kombu.mixins import ConsumerMixin
 
 from shared.events import CONTENT_TYPE
-from shared.pipeline import Ack, DeadLetter, DeliveryPipeline, Requeue, RetryAfter, Verdict
+from shared.pipeline import Ack, DeadLetter, DeliveryPipeline, PublishNotTaken, Requeue, RetryAfter, Verdict
 from shared.publisher import Publisher
 from shared.topology import (
     DELAY,
@@ -29,6 +30,12 @@ from shared.topology import (
 )
 
 log = structlog.get_logger("hotrepos.consumer")
+
+# A verdict's republish that the broker will not take (a queue electing its leader) is tried again,
+# the message held, before the consumer reconnects: a reconnect hands back every message it holds,
+# and a quorum queue counts each return toward the delivery limit that dead-letters a message.
+# About 15 s in all, well inside the heartbeats' timeout, since the consumer sends none meanwhile.
+REPUBLISH_PAUSES_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class KombuDelivery:
@@ -112,14 +119,22 @@ class QueueConsumer:
         original = dict(message.headers or {})
         original.setdefault(ORIGINAL_EXCHANGE_HEADER, delivery.get("exchange", ""))
         original.setdefault(ORIGINAL_ROUTING_KEY_HEADER, delivery.get("routing_key", ""))
-        self._publisher.publish_raw(
-            _raw_body(message),
-            exchange=exchange,
-            routing_key=routing_key or self.subscription.queue_name,
-            message_id=message.properties.get("message_id"),
-            headers={**original, **headers},
-            content_type=message.content_type or default_type,
-        )
+        for pause in (*REPUBLISH_PAUSES_SECONDS, None):
+            try:
+                self._publisher.publish_raw(
+                    _raw_body(message),
+                    exchange=exchange,
+                    routing_key=routing_key or self.subscription.queue_name,
+                    message_id=message.properties.get("message_id"),
+                    headers={**original, **headers},
+                    content_type=message.content_type or default_type,
+                )
+                break
+            except PublishNotTaken as exc:
+                if pause is None:
+                    raise
+                log.warning("republish.not_taken", queue=self.subscription.queue_name, retry_in=pause, error=str(exc))
+                time.sleep(pause)
         message.ack()
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
+from amqp.exceptions import MessageNacked
 from kombu.connection import Connection
 from kombu.entity import Exchange
 from kombu.exceptions import LimitExceeded, OperationalError
@@ -25,6 +26,18 @@ CONFIRM_TIMEOUT_SECONDS = 15
 ACCESS_REFUSED = 403
 DEFAULT_EXCHANGE_NAME = "amq.default"
 PUBLISH_RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 5}
+
+
+class _Nacked(Exception):
+    """The broker nacked a publish: some queue it routes to did not take it (a quorum queue electing
+    its leader, a full queue that rejects). kombu would send it again at once, up to its retry limit,
+    to be nacked again, each time leaving one more copy in every queue that did take it."""
+
+
+def _stop_at_a_nack(exc: BaseException, interval: float) -> None:
+    # kombu's retry loop calls this on every connection error it is about to retry; a nack is one.
+    if isinstance(exc, MessageNacked):
+        raise _Nacked() from exc
 
 
 def build_event(
@@ -68,7 +81,7 @@ class Publisher:
     ) -> None:
         self.source = source
         self._connection = connection
-        self._retry_policy = dict(retry_policy or PUBLISH_RETRY_POLICY)
+        self._retry_policy = {**(retry_policy or PUBLISH_RETRY_POLICY), "errback": _stop_at_a_nack}
         self._connections = connection.clone().Pool(limit=pool_size)
         self._producers = ProducerPool(self._connections, limit=pool_size)
 
@@ -139,12 +152,10 @@ class Publisher:
                     # A broker that dies between publish and confirm must not hang the caller for ever.
                     confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
                 )
-        except (OperationalError, LimitExceeded) as exc:
-            # kombu's retries are spent: a nack (a quorum queue electing a leader nacks what it cannot
-            # take) is retried at once, so 20 nacks take milliseconds. The caller's backoff takes over.
-            raise PublishNotTaken(
-                f"broker did not take the publish to {name or DEFAULT_EXCHANGE_NAME!r} with routing key "
-                f"{routing_key!r}: {str(exc) or type(exc.__cause__).__name__}"
+        except (_Nacked, OperationalError, LimitExceeded) as exc:
+            # A nack, or kombu's retries spent: the caller's backoff takes over.
+            raise not_taken(
+                exc, f"the publish to {name or DEFAULT_EXCHANGE_NAME!r} with routing key {routing_key!r}"
             ) from exc
         except self._connection.channel_errors as exc:
             if getattr(exc, "reply_code", None) != ACCESS_REFUSED:
@@ -166,3 +177,15 @@ class Publisher:
         with contextlib.suppress(self._connections.LimitExceeded):
             for _ in range(self._connections.limit):
                 self._connections.replace(self._connections.acquire(block=False))
+
+
+def not_taken(exc: BaseException, what: str) -> PublishNotTaken:
+    """kombu's error once its retries are spent (OperationalError, or LimitExceeded for a full pool),
+    as the outage the pipeline waits out; kombu's own words say little, so the cause is named."""
+    if isinstance(exc, LimitExceeded):
+        detail = f"no free producer (pool of {exc})"
+    elif isinstance(exc, _Nacked):
+        detail = "nacked: a queue it is routed to did not take it"
+    else:
+        detail = str(exc) or type(exc.__cause__).__name__
+    return PublishNotTaken(f"broker did not take {what}: {detail}")

@@ -8,15 +8,16 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 from celery.exceptions import Reject
+from kombu.exceptions import LimitExceeded, OperationalError
 from kombu.messaging import Consumer
 
 from services.fetcher.handlers import FETCH_PAGE, FetchPage
 from services.fetcher.topology import TASK_EXCHANGE, TASK_QUEUE
 from shared.consumer import QueueConsumer
-from shared.context import current_context
+from shared.context import EventContext, current_context
 from shared.events import derived_event_id
 from shared.pipeline import Ack, DeadLetter, DeliveryPipeline, Requeue, RetryAfter
-from shared.publisher import CONFIRM_TIMEOUT_SECONDS, build_event, encode_event
+from shared.publisher import CONFIRM_TIMEOUT_SECONDS, build_event, encode_event, not_taken
 from shared.settings import CommonSettings
 from shared.topology import whole_delay
 
@@ -101,6 +102,14 @@ class CeleryPageFetches:
     def schedule(self, fetches: list[FetchPage]) -> None:
         # Built in the request's scope: each fetch carries its correlation id, locale and trace along.
         context = current_context()
+        try:
+            self._send(fetches, context)
+        except (OperationalError, LimitExceeded) as exc:
+            # As the shared publisher says it: an outage to wait out, so the request is retried later
+            # through the delay levels, not counted as a crash toward its delivery limit.
+            raise not_taken(exc, "the page tasks") from exc
+
+    def _send(self, fetches: list[FetchPage], context: EventContext) -> None:
         with self.app.producer_or_acquire() as producer:
             for fetch in fetches:
                 event = build_event(

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pika
 import pytest
 import redis
 
@@ -17,16 +16,29 @@ from shared.consumer import QueueConsumer, ServiceConsumer
 from shared.control import RedisCancellations
 from shared.dedup import RedisProcessedEvents
 from shared.events import ReportFailed, ReportQueued, ReportRequested
-from shared.handling import EventMeta, RetryLater
+from shared.handling import EventMeta, Rejected, RetryLater
 from shared.outcomes import OutcomePublisher, RedisOutcomeLedger
-from shared.pipeline import DeliveryPipeline, Route
+from shared.pipeline import DeliveryPipeline, PublishNotTaken, Route
 from shared.publisher import Publisher
 from shared.settings import CommonSettings
 from shared.topology import REASON_HEADER, on_event
-from tests.support.amqp import EventListener, cloud_event, dead_letters, publish
+from tests.support.amqp import EventListener, cloud_event, dead_letters, nacking_queue, publish
 from tests.support.waiting import eventually
 
 SUBSCRIPTION = on_event("probe", "report.requested")
+
+
+class NotTakenCounter(Publisher):
+    """The real publisher, counting the publishes the broker did not take."""
+
+    not_taken = 0
+
+    def publish_raw(self, body: bytes, **kwargs: Any) -> None:
+        try:
+            super().publish_raw(body, **kwargs)
+        except PublishNotTaken:
+            self.not_taken += 1
+            raise
 
 
 class Running:
@@ -40,7 +52,7 @@ class Running:
         settings = CommonSettings(amqp_url=amqp_url, redis_url=redis_url)
         self.connection = connect(settings)
         declare_topology(self.connection, [SUBSCRIPTION])
-        self.publisher = Publisher(self.connection, source="tests/probe")
+        self.publisher = NotTakenCounter(self.connection, source="tests/probe")
         redis_client = redis.Redis.from_url(redis_url)
         self.processed = RedisProcessedEvents(redis_client)
         pipeline = DeliveryPipeline(
@@ -221,9 +233,8 @@ def test_scope_travels_into_published_events(amqp_url: str, run_probe: Callable[
 def test_a_publish_the_broker_nacks_is_retried_later_and_the_consumer_lives_on(
     amqp_url: str, run_probe: Callable[..., Running]
 ) -> None:
-    # A queue that takes nothing and says so: the broker nacks every publish routed to it, as a quorum
-    # queue does while it has no leader. kombu retries a nack at once, so its retries are spent in
-    # milliseconds; before, the library error that followed stopped the consumer, and the service.
+    # kombu retries a nack at once, so its retries are spent in milliseconds; before, the library
+    # error that followed stopped the consumer, and the service.
     attempts: list[str] = []
 
     def tell_the_place(data: ReportRequested, meta: EventMeta) -> list[ReportQueued]:
@@ -231,28 +242,62 @@ def test_a_publish_the_broker_nacks_is_retried_later_and_the_consumer_lives_on(
         return [ReportQueued(report_id=data.report_id or meta.id, priority="interactive", position=0, eta_seconds=0)]
 
     probe = run_probe(tell_the_place)
-    nacking = f"probe-nacking-{uuid.uuid4().hex[:8]}"
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    channel = connection.channel()
-    channel.queue_declare(nacking, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
-    channel.queue_bind(nacking, "hotrepos.events", "report.queued")
     listener = EventListener(amqp_url, "report.queued")
     event = request("nacked-1")
-    publish(amqp_url, "report.requested", event)
-    eventually(lambda: len(attempts) >= 2, timeout=20, message="a second attempt, after a delay", interval=0.05)
-    # Not yet handled: the event is remembered as processed only once what it published was confirmed.
-    assert not probe.processed.seen(SUBSCRIPTION.queue_name, event["id"])
-    channel.queue_delete(nacking)
-    connection.close()
-    eventually(
-        lambda: probe.processed.seen(SUBSCRIPTION.queue_name, event["id"]),
-        timeout=20,
-        message="the event handled once the broker takes what it publishes",
-        interval=0.05,
-    )
-    # A nack says that some queue did not take the event; the others did, so they may hear it twice.
-    assert listener.of("report.queued")[-1]["data"]["report_id"] == "nacked-1"
+    try:
+        with nacking_queue(amqp_url, "hotrepos.events", "report.queued"):
+            publish(amqp_url, "report.requested", event)
+            eventually(lambda: len(attempts) >= 2, timeout=20, message="a second attempt, after a delay", interval=0.05)
+            # Not yet handled: an event is remembered as processed once what it published was confirmed.
+            assert not probe.processed.seen(SUBSCRIPTION.queue_name, event["id"])
+        eventually(
+            lambda: probe.processed.seen(SUBSCRIPTION.queue_name, event["id"]),
+            timeout=20,
+            message="the event handled once the broker takes what it publishes",
+            interval=0.05,
+        )
+        # A nack says that some queue did not take the event; the others did, so they may hear it twice.
+        assert listener.of("report.queued")[-1]["data"]["report_id"] == "nacked-1"
+    finally:
+        listener.close()
     assert probe.thread.is_alive()
     assert set(attempts) == {event["id"]}
     assert dead_letters(amqp_url, SUBSCRIPTION.dlq_name) == []
-    listener.close()
+
+
+def test_a_dead_letter_the_broker_nacks_is_held_and_sent_again_without_a_reconnect(
+    amqp_url: str, run_probe: Callable[..., Running]
+) -> None:
+    handled: list[str] = []
+
+    def refuse(data: ReportRequested, meta: EventMeta) -> None:
+        handled.append(meta.id)
+        raise Rejected("refused by the probe")
+
+    probe = run_probe(refuse)
+    event, sentinel = request("held-1"), request("held-sentinel")
+    with nacking_queue(amqp_url, "hotrepos.dlx", SUBSCRIPTION.queue_name):
+        publish(amqp_url, "report.requested", event)
+        eventually(lambda: probe.publisher.not_taken >= 1, timeout=20, message="a dead letter nacked", interval=0.05)
+    # The queue's one consumer takes the sentinel once it has settled the event held before it.
+    publish(amqp_url, "report.requested", sentinel)
+
+    def letters_by_id() -> dict[str, list[Any]]:
+        found: dict[str, list[Any]] = {}
+        for properties, body in dead_letters(amqp_url, SUBSCRIPTION.dlq_name):
+            found.setdefault(json.loads(body)["id"], []).append(properties)
+        return found
+
+    letters = eventually(
+        lambda: (found := letters_by_id()) and sentinel["id"] in found and found,
+        timeout=30,
+        message="the sentinel dead-lettered",
+        interval=0.1,
+    )
+    assert set(letters) == {event["id"], sentinel["id"]}
+    # A nacked publish still reached the queues that took it: the dead letter may be there twice.
+    assert all(properties.headers[REASON_HEADER] == "refused by the probe" for properties in letters[event["id"]])
+    # Held by the same consumer all along: a reconnect would have handed the message back to the
+    # queue, and its redelivery to the handler.
+    assert handled == [event["id"], sentinel["id"]]
+    assert probe.thread.is_alive()

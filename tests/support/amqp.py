@@ -6,7 +6,8 @@ import datetime as dt
 import json
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,3 +223,19 @@ def queue_state(amqp_url: str, queue: str) -> QueueState:
 def queue_depth(amqp_url: str, queue: str) -> int:
     """Messages ready in a queue, from the broker itself (the management API's figures lag)."""
     return queue_state(amqp_url, queue).messages
+
+
+@contextmanager
+def nacking_queue(amqp_url: str, exchange: str, routing_key: str) -> Iterator[None]:
+    """A queue that takes nothing and says so: the broker nacks every publish routed to it, as a
+    quorum queue does while it has no leader. Deleted on leaving, and the publishes go through."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        queue = f"probe-nacking-{uuid.uuid4().hex[:8]}"
+        channel.queue_declare(queue, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+        channel.queue_bind(queue, exchange, routing_key)
+        yield
+        channel.queue_delete(queue)
+    finally:
+        connection.close()
