@@ -49,7 +49,8 @@ class Forwarder:
     def stop(self) -> None:
         self._connection.add_callback_threadsafe(self._channel.stop_consuming)
         self._thread.join(10)
-        self._connection.close()
+        if not self._thread.is_alive():  # else the connection is still its thread's: the vhost's end closes it
+            self._connection.close()
 
 
 class Chain:
@@ -92,8 +93,10 @@ def measure(broker: Broker, runs: int) -> dict[str, Any]:
     """p50 and p95 through every hop, per queue type, the types interleaved run by run."""
     with broker.vhost("hotrepos-bench-floor") as vhost:
         url = broker.amqp_url(vhost)
-        chains = {queue_type: Chain(url, queue_type) for queue_type in QUEUE_TYPES}
+        chains: dict[str, Chain] = {}
         try:
+            for queue_type in QUEUE_TYPES:
+                chains[queue_type] = Chain(url, queue_type)
             for chain in chains.values():
                 chain.once()  # connections and queues warm
             seconds: dict[str, list[float]] = {queue_type: [] for queue_type in QUEUE_TYPES}
