@@ -8,6 +8,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import requests
 
@@ -92,14 +93,16 @@ def latency(
     return figures
 
 
-def burst(system: System, reports: int, tag: str) -> dict[str, float]:
+def burst(system: System, reports: int, tag: str) -> dict[str, Any]:
     """Request `reports` distinct reports at once: reports per second from first publish to last answer,
     the design's own CPU per report, and how busy the whole machine was meanwhile."""
     report_ids = [new_report_id(tag) for _ in range(reports)]
     for report_id in report_ids:
         system.listener.expect(report_id)
-    pids = with_children(list(system.processes().values()))
+    processes = {name: with_children([pid]) for name, pid in system.processes().items()}
+    pids = [pid for family in processes.values() for pid in family]
     cpu_before = cpu_seconds(pids)
+    cpu_before_by_process = {name: cpu_seconds(family) for name, family in processes.items()}
     with MachineCpu() as machine:
         started = time.perf_counter()
         for report_id in report_ids:
@@ -110,10 +113,14 @@ def burst(system: System, reports: int, tag: str) -> dict[str, float]:
             if not completion.ok:
                 raise RuntimeError(f"{system.name} failed report {report_id}: {completion.body}")
             last = max(last, completion.arrived)
+    by_process = {
+        name: (cpu_seconds(family) - cpu_before_by_process[name]) * 1000 / reports for name, family in processes.items()
+    }
     return {
         "reports_per_second": reports / (last - started),
         "cpu_ms_per_report": (cpu_seconds(pids) - cpu_before) * 1000 / reports,
         "machine_busy": machine.busy,
+        "cpu_ms_per_report_by_process": by_process,
     }
 
 
@@ -124,7 +131,7 @@ def throughput(
     github.configure(latency_ms=0, rate_limit_per_minute=None)
     for system in systems:
         burst(system, warmup, "warmup")  # a first burst grows every process's heap: not measured
-    runs: dict[str, list[dict[str, float]]] = {system.name: [] for system in systems}
+    runs: dict[str, list[dict[str, Any]]] = {system.name: [] for system in systems}
     samplers = {system.name: MemorySampler(system.processes) for system in systems}
     for _ in range(rounds):
         for system in systems:
@@ -136,6 +143,11 @@ def throughput(
             "reports_per_second": round(statistics.median(r["reports_per_second"] for r in results), 2),
             "rounds": [round(r["reports_per_second"], 2) for r in results],
             "cpu_ms_per_report": round(statistics.median(r["cpu_ms_per_report"] for r in results), 1),
+            # Where that CPU goes: each process's median over the rounds.
+            "cpu_ms_per_report_by_process": {
+                process: round(statistics.median(r["cpu_ms_per_report_by_process"][process] for r in results), 1)
+                for process in results[0]["cpu_ms_per_report_by_process"]
+            },
             "machine_busy": round(statistics.median(r["machine_busy"] for r in results), 2),
         }
         for name, results in runs.items()

@@ -36,6 +36,10 @@ FIGURES: list[tuple[str, ...]] = [
     ),
     *(("broker_floor", queue_type, name) for queue_type in ("quorum", "classic") for name in ("p50_ms", "p95_ms")),
     ("throughput", "hotrepos", "reports_per_second"),
+    *(
+        ("throughput", "hotrepos", "cpu_ms_per_report_by_process", process)
+        for process in ("fetcher-1", "aggregator", "exporter", "notifier", "fetcher-beat")
+    ),
     ("throughput", "baseline", "reports_per_second"),
     ("throughput", "ratio"),
     *(
