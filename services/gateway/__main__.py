@@ -12,7 +12,6 @@ from pathlib import Path
 import redis
 import redis.asyncio
 import uvicorn
-from kombu.exceptions import LimitExceeded, OperationalError
 from pydantic import Field, ValidationInfo, field_validator
 
 from services.gateway.access import Authentication, AuthMode, TrustedProxies, none_only_on_loopback
@@ -34,7 +33,7 @@ from services.gateway.webhooks import WebhookAdmin
 from shared.api_tokens import RedisTokenLookup
 from shared.bootstrap import BackgroundConsumer, Service, bootstrap
 from shared.events import utc_today
-from shared.pipeline import Route
+from shared.pipeline import PublishNotTaken, Route
 from shared.publisher import Publisher
 from shared.settings import CommonSettings, load_settings
 from shared.topology import GATEWAY_PROGRESS
@@ -153,7 +152,7 @@ def main() -> None:
     app = create_app(
         GatewayDependencies(
             publisher=publisher,
-            broker_errors=(OperationalError, LimitExceeded, *request_connection.connection_errors),
+            broker_errors=(PublishNotTaken, *request_connection.connection_errors),
             statuses=statuses,
             reader=RedisReportReader(async_redis),
             feed=RedisProgressFeed(async_redis),

@@ -7,7 +7,6 @@ import random
 from functools import partial
 from urllib.parse import urlsplit
 
-from kombu.exceptions import LimitExceeded, OperationalError
 from pydantic import Field, field_validator
 
 from services.webhooks.handlers import RetryPolicy, deliver_webhook, handle_report_exported, handle_report_failed
@@ -15,7 +14,7 @@ from services.webhooks.queue import BrokerDeliveryQueue
 from services.webhooks.sender import HttpWebhookSender
 from shared.bootstrap import bootstrap
 from shared.ownership import RedisReportOwners
-from shared.pipeline import Route
+from shared.pipeline import PublishNotTaken, Route
 from shared.settings import CommonSettings, load_settings
 from shared.topology import WEBHOOKS_DELIVERIES, WEBHOOKS_EXPORTED, WEBHOOKS_FAILED
 from shared.webhooks import (
@@ -55,9 +54,7 @@ def main() -> None:
     settings = load_settings(WebhooksSettings)
     service = bootstrap("webhooks", settings)
     subscriptions = RedisWebhookSubscriptions(service.redis)
-    deliveries = BrokerDeliveryQueue(
-        service.publisher, (OperationalError, LimitExceeded, *service.connection.connection_errors)
-    )
+    deliveries = BrokerDeliveryQueue(service.publisher, (PublishNotTaken, *service.connection.connection_errors))
     sender = HttpWebhookSender(UrlGuard.allowing(settings.webhook_allowed_hosts), settings.webhook_timeout_seconds)
     deliver = partial(
         deliver_webhook,
