@@ -17,7 +17,10 @@ from services.fetcher.ledger import RedisRequestLedger
 from services.fetcher.rate_budget import CancellationsLeavingTheLine, RedisRequestBudget
 from services.fetcher.topology import TASK_DEAD_LETTER_QUEUE, TASK_QUEUE
 from services.fetcher.worker import (
-    CeleryPageFetches,
+    EVENT_PREFETCH,
+    PagesFetchedHere,
+    PageTasks,
+    SettledInThreads,
     consumer_step,
     create_celery_app,
     register_fetch_page_task,
@@ -75,7 +78,8 @@ def github_client(service: Service, settings: FetcherSettings) -> GitHubClient:
 
 
 def run_worker(service: Service, settings: FetcherSettings) -> None:
-    """A Celery worker whose pool runs the page tasks, and whose consumer step takes the requests."""
+    """A Celery worker whose consumer step takes the requests, each of which tries its pages at once in
+    threads of its own; Celery's pool runs the page tasks that carry a page's retries."""
     app = create_celery_app(settings)
     github = github_client(service, settings)
     fetch = partial(
@@ -85,15 +89,18 @@ def run_worker(service: Service, settings: FetcherSettings) -> None:
         rng=random.Random(),
     )
     tasks = {FETCH_PAGE: Route(fetch, model=FetchPage, fails_report_as="fetch", stops_when_cancelled=True)}
-    register_fetch_page_task(app, service.pipeline(TASK_QUEUE.name, tasks))
+    pages = service.pipeline(TASK_QUEUE.name, tasks)
+    register_fetch_page_task(app, pages)
+    first_attempts = PagesFetchedHere(pages, PageTasks(app), threads=settings.fetcher_concurrency)
 
     pinned_today = settings.today
     request = partial(
         handle_report_requested,
         today=(lambda: pinned_today) if pinned_today else utc_today,
         now=lambda: dt.datetime.now(dt.UTC),
-        fetches=CeleryPageFetches(app),
-        ledger=RedisRequestLedger(service.redis),
+        fetches=first_attempts,
+        # A claim outlives the slowest first attempt, which a read timeout bounds.
+        ledger=RedisRequestLedger(service.redis, claim_seconds=settings.github_read_timeout_seconds + 10),
         line=github.budget,
     )
     routes = {
@@ -106,7 +113,12 @@ def run_worker(service: Service, settings: FetcherSettings) -> None:
     # Declared here first, so that a queue left classic by an older release stops the start with what
     # to do, instead of a Celery error.
     declare_when_reachable(service.connection, (), extra=(TASK_QUEUE, TASK_DEAD_LETTER_QUEUE))
-    app.steps["consumer"].add(consumer_step(queues))
+    # A request waits for its pages in a thread of its own, as many as the queue's prefetch lets in.
+    consumed = [
+        SettledInThreads(queue, threads=EVENT_PREFETCH) if queue.subscription == FETCHER_REQUESTED else queue
+        for queue in queues
+    ]
+    app.steps["consumer"].add(consumer_step(consumed))
     try:
         # app.start, not worker_main, which drops the worker's exit code: a worker that stops on an
         # unrecoverable error must exit non-zero, so that every restart policy restarts it.
@@ -123,6 +135,7 @@ def run_worker(service: Service, settings: FetcherSettings) -> None:
             ]
         )
     finally:
+        first_attempts.close()
         service.close()
     if exit_code:
         raise SystemExit(exit_code)

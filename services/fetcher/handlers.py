@@ -72,11 +72,23 @@ class BudgetLine(Protocol):
 
 
 class RequestLedger(Protocol):
-    """Report ids whose pages were already scheduled: a duplicate request costs no GitHub call."""
+    """Report ids whose pages were already scheduled, or are being fetched: a duplicate request costs
+    no GitHub call."""
 
     def already_scheduled(self, report_id: str) -> bool: ...
 
+    def claim(self, report_id: str) -> bool:
+        """True for the one delivery that is to fetch the report's pages, until it marks them
+        scheduled, releases the claim, or the claim expires."""
+        ...
+
+    def release(self, report_id: str) -> None: ...
+
     def mark_scheduled(self, report_id: str) -> None: ...
+
+
+# A duplicate of a request whose pages another delivery is fetching looks again this soon.
+CLAIMED_RECHECK_SECONDS = 2.0
 
 
 def handle_report_requested(
@@ -105,8 +117,30 @@ def handle_report_requested(
         return [ReportFailed(report_id=report_id, stage="request", reason=reason, spec=spec)]
     if ledger.already_scheduled(report_id):
         return []
+    if not ledger.claim(report_id):
+        # Its pages are being fetched right now: once they are, the ledger says so and this is dropped;
+        # if their fetcher died, its claim expires and this one fetches them.
+        raise RetryLater(
+            "another delivery of this request is fetching its pages", CLAIMED_RECHECK_SECONDS, counts=False
+        )
+    try:
+        _fetch_pages(event, report_id, spec, now(), fetches, line)
+    except BaseException:
+        ledger.release(report_id)
+        raise
+    ledger.mark_scheduled(report_id)
+    return []
+
+
+def _fetch_pages(
+    event: ReportRequested,
+    report_id: str,
+    spec: ReportSpec,
+    queued_at: dt.datetime,
+    fetches: PageFetches,
+    line: BudgetLine | None,
+) -> None:
     pages = range(1, PAGES_PER_REPORT + 1)
-    queued_at = now()
     page_fetches = [
         FetchPage(
             report_id=report_id,
@@ -121,8 +155,6 @@ def handle_report_requested(
     if line is not None:
         line.join([fetch.ticket() for fetch in page_fetches])
     fetches.schedule(page_fetches)
-    ledger.mark_scheduled(report_id)
-    return []
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,14 @@ shared delivery pipeline, and a consumer step that consumes the fetcher's event 
 from __future__ import annotations
 
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import structlog
 from celery import Celery, bootsteps, signals
 from celery.exceptions import Reject
 from kombu.exceptions import LimitExceeded, OperationalError
+from kombu.message import Message
 from kombu.messaging import Consumer
 
 from services.fetcher.handlers import FETCH_PAGE, FetchPage
@@ -16,10 +19,12 @@ from services.fetcher.topology import TASK_EXCHANGE, TASK_QUEUE
 from shared.consumer import QueueConsumer
 from shared.context import EventContext, current_context
 from shared.events import derived_event_id
-from shared.pipeline import Ack, DeadLetter, DeliveryPipeline, Requeue, RetryAfter
+from shared.pipeline import Ack, DeadLetter, DeliveryPipeline, Requeue, RetryAfter, Verdict
 from shared.publisher import CONFIRM_TIMEOUT_SECONDS, build_event, encode_event, not_taken
 from shared.settings import CommonSettings
-from shared.topology import whole_delay
+from shared.topology import DLX, REASON_HEADER, whole_delay
+
+log = structlog.get_logger("hotrepos.fetcher")
 
 FETCH_PAGE_TASK = "hotrepos.fetcher.fetch_page"
 EVENT_PREFETCH = 16
@@ -93,41 +98,96 @@ def _celery_ssl(settings: CommonSettings) -> dict[str, Any] | bool:
     return options
 
 
-class CeleryPageFetches:
-    """Schedules page fetches as Celery tasks, each carrying its message as a CloudEvent."""
+class PagesFetchedHere:
+    """A report's pages, first tried all at once in this process's own threads; a page that did not
+    succeed goes on as a Celery task, for its retries.
 
-    def __init__(self, app: Celery) -> None:
-        self.app = app
+    Each first attempt runs through the page tasks' own pipeline, under the same derived ids, so that
+    dedup, cancellation, budget and failure behave as they do for a task. The request that scheduled
+    them is settled only once every page is done or handed to Celery: a crash before then hands the
+    request out again, and the pages published twice are deduplicated by their ids.
+    """
+
+    def __init__(self, pipeline: DeliveryPipeline, tasks: PageTasks, threads: int) -> None:
+        self._pipeline = pipeline
+        self._tasks = tasks
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="page")
 
     def schedule(self, fetches: list[FetchPage]) -> None:
         # Built in the request's scope: each fetch carries its correlation id, locale and trace along.
         context = current_context()
+        messages = [page_message(fetch, context) for fetch in fetches]
+        verdicts = zip(messages, self._threads.map(self._first_attempt, messages), strict=True)
+        self._tasks.carry_on([(message, verdict) for message, verdict in verdicts if not isinstance(verdict, Ack)])
+
+    def _first_attempt(self, message: str) -> Verdict:
         try:
-            self._send(fetches, context)
+            return self._pipeline.process(TaskDelivery(message, retries=0, crashes=0))
+        except Exception as exc:
+            # The pipeline settles every handler error itself; this is a fault of its own, tried again.
+            log.exception("page.first_attempt_crashed")
+            return Requeue(f"first attempt crashed: {type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+def page_message(fetch: FetchPage, context: EventContext) -> str:
+    """A page fetch as the CloudEvent a page task carries, under an id derived from its report and page."""
+    event = build_event(
+        fetch,
+        source="hotrepos/fetcher",
+        event_id=derived_event_id(fetch.report_id, "fetch", str(fetch.page)),
+        context=context,
+        event_type=FETCH_PAGE,
+    )
+    return encode_event(event).decode()
+
+
+class PageTasks:
+    """Pages whose first attempt did not succeed, sent on as Celery tasks that carry on from its verdict."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def carry_on(self, pages: list[tuple[str, Verdict]]) -> None:
+        if not pages:
+            return
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for message, verdict in pages:
+                    self._send(producer, message, verdict)
         except (OperationalError, LimitExceeded) as exc:
             # As the shared publisher says it: an outage to wait out, so the request is retried later
             # through the delay levels, not counted as a crash toward its delivery limit.
             raise not_taken(exc, "the page tasks") from exc
 
-    def _send(self, fetches: list[FetchPage], context: EventContext) -> None:
-        with self.app.producer_or_acquire() as producer:
-            for fetch in fetches:
-                event = build_event(
-                    fetch,
-                    source="hotrepos/fetcher",
-                    event_id=derived_event_id(fetch.report_id, "fetch", str(fetch.page)),
-                    context=context,
-                    event_type=FETCH_PAGE,
-                )
-                self.app.send_task(
-                    FETCH_PAGE_TASK,
-                    args=[encode_event(event).decode()],
-                    producer=producer,
-                    retry=True,
-                    # The consumer's event loop runs this: a confirm that never comes must not stall it,
-                    # or its connection falls silent and the broker drops it minutes later.
-                    confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
-                )
+    def _send(self, producer: Any, message: str, verdict: Verdict) -> None:
+        options: dict[str, Any] = {
+            "args": [message],
+            "producer": producer,
+            "retry": True,
+            # The first attempt is the task's first run: this send is its first retry, as Celery counts.
+            "retries": 1,
+            # A request thread waits on this: a confirm that never comes must not hold it for ever.
+            "confirm_timeout": CONFIRM_TIMEOUT_SECONDS,
+        }
+        if isinstance(verdict, RetryAfter):
+            # What the pipeline did not count is a wait, as a task's own retry says it.
+            waits = 1 - verdict.retries
+            options.update(countdown=whole_delay(verdict.delay), kwargs={"crashes": 0, "waits": waits})
+        elif isinstance(verdict, Requeue):
+            options.update(countdown=CRASH_RETRY_SECONDS, kwargs={"crashes": 1, "waits": 0})
+        elif isinstance(verdict, DeadLetter):
+            # Straight into the tasks' dead letters, as a task the worker gave up on, with its reason:
+            # `hotrepos dlq replay fetcher.tasks` runs it again once what refused it is fixed.
+            options.update(
+                exchange=DLX.name,
+                exchange_type=DLX.type,
+                routing_key=TASK_QUEUE.routing_key,
+                headers={REASON_HEADER: verdict.reason[:1000]},
+            )
+        self.app.send_task(FETCH_PAGE_TASK, **options)
 
 
 class TaskDelivery:
@@ -173,7 +233,33 @@ def register_fetch_page_task(app: Celery, pipeline: DeliveryPipeline) -> None:
             raise Reject(verdict.reason, requeue=False)
 
 
-def consumer_step(queues: list[QueueConsumer]) -> type[bootsteps.ConsumerStep]:
+class SettledInThreads:
+    """A queue whose messages each take a thread of their own until settled, so that the consumer goes
+    on taking the next: a report request holds its thread while its first page attempts run."""
+
+    def __init__(self, queue: QueueConsumer, threads: int) -> None:
+        self.queue = queue
+        self.subscription = queue.subscription
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{queue.subscription.queue_name}")
+
+    def __call__(self, message: Message) -> None:
+        self._threads.submit(self._settle, message)
+
+    def _settle(self, message: Message) -> None:
+        try:
+            self.queue(message)
+        except Exception:
+            # The verdict could not be carried out (the broker kept refusing the republish, or the
+            # channel it came on closed in a reconnect): back to the queue, or, once the channel is
+            # gone, handed out again by the broker.
+            log.warning("message.not_settled", queue=self.subscription.queue_name, exc_info=True)
+            try:
+                message.requeue()
+            except Exception as exc:
+                log.warning("message.not_requeued", queue=self.subscription.queue_name, error=str(exc))
+
+
+def consumer_step(queues: list[QueueConsumer | SettledInThreads]) -> type[bootsteps.ConsumerStep]:
     """A Celery consumer step that consumes the fetcher's event queues through the shared pipeline."""
 
     class EventQueuesStep(bootsteps.ConsumerStep):  # type: ignore[misc]

@@ -1,52 +1,114 @@
-"""The fetcher's page tasks on a real broker: a nacked send is an outage the request waits out."""
+"""The fetcher's page tasks on a real broker: a page whose first attempt did not succeed goes on as a
+task, a nacked send is an outage the request waits out, and a page given up waits in the dead letters."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
+from collections.abc import Iterator
 
 import pika
 import pytest
+from kombu.transport.native_delayed_delivery import bind_queue_to_native_delayed_delivery_exchange
 
 from services.fetcher.handlers import FetchPage
-from services.fetcher.topology import TASK_DEAD_LETTER_QUEUE, TASK_EXCHANGE, TASK_QUEUE
-from services.fetcher.worker import CeleryPageFetches, create_celery_app
+from services.fetcher.topology import TASK_DEAD_LETTER_QUEUE, TASK_QUEUE
+from services.fetcher.worker import FETCH_PAGE_TASK, PageTasks, create_celery_app, page_message
 from shared.amqp import connect, declare_when_reachable
+from shared.context import EventContext
 from shared.events import ReportSpec
-from shared.pipeline import PublishNotTaken
+from shared.pipeline import DeadLetter, PublishNotTaken, RetryAfter, Verdict
 from shared.settings import CommonSettings
+from shared.topology import DLX, REASON_HEADER
 from tests.support.amqp import nacking_queue
 
 
-def fetches(report_id: str) -> list[FetchPage]:
+def unfinished(report_id: str, verdict: Verdict) -> list[tuple[str, Verdict]]:
     spec = ReportSpec(period="week", since=dt.date(2026, 11, 29), layout="rows")
-    return [FetchPage(report_id=report_id, page=page, pages=2, spec=spec) for page in (1, 2)]
+    context = EventContext(report_id, None, None)
+    return [
+        (page_message(FetchPage(report_id=report_id, page=page, pages=2, spec=spec), context), verdict)
+        for page in (1, 2)
+    ]
 
 
-def test_page_tasks_the_broker_nacks_raise_an_outage_then_go_out_once_it_takes_them(amqp_url: str) -> None:
-    settings = CommonSettings(amqp_url=amqp_url)
-    with connect(settings) as connection:
-        declare_when_reachable(connection, (), extra=(TASK_QUEUE, TASK_DEAD_LETTER_QUEUE))
-    app = create_celery_app(settings)
-    page_fetches = CeleryPageFetches(app)
-    try:
-        # Before, kombu's OperationalError: a crash of the request's handler, counted toward its
-        # delivery limit, after which the broker dead-lettered the request and the report hung.
-        with (
-            nacking_queue(amqp_url, TASK_EXCHANGE.name, TASK_QUEUE.routing_key),
-            pytest.raises(PublishNotTaken, match="did not take the page tasks: MessageNacked"),
-        ):
-            page_fetches.schedule(fetches("tasks-nacked"))
-        page_fetches.schedule(fetches("tasks-taken"))
-    finally:
-        app.close()
+def drain(amqp_url: str, queue: str) -> list[tuple[pika.spec.BasicProperties, bytes]]:
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         channel = connection.channel()
-        bodies = []
-        while (got := channel.basic_get(TASK_QUEUE.name, auto_ack=True))[0] is not None:
-            bodies.append(got[2])
+        got = []
+        while (message := channel.basic_get(queue, auto_ack=True))[0] is not None:
+            got.append((message[1], message[2]))
+        return got
     finally:
         connection.close()
-    # The nacked send reached the task queue, which took it; the report's retry sends both again,
-    # under the same derived ids, which the page tasks deduplicate.
+
+
+@pytest.fixture
+def page_tasks(amqp_url: str) -> Iterator[PageTasks]:
+    settings = CommonSettings(amqp_url=amqp_url)
+    with connect(settings) as connection:
+        declare_when_reachable(connection, (), extra=(TASK_QUEUE, TASK_DEAD_LETTER_QUEUE))
+        # As the worker binds it at its start: a countdown comes back to the task queue through the levels.
+        bind_queue_to_native_delayed_delivery_exchange(connection, TASK_QUEUE)
+    drain(amqp_url, TASK_QUEUE.name)
+    drain(amqp_url, TASK_DEAD_LETTER_QUEUE.name)
+    app = create_celery_app(settings)
+    try:
+        yield PageTasks(app)
+    finally:
+        app.close()
+
+
+def test_page_tasks_the_broker_nacks_raise_an_outage_then_go_out_once_it_takes_them(
+    amqp_url: str, page_tasks: PageTasks
+) -> None:
+    given_up = DeadLetter("GitHub said no")
+    # Before, kombu's OperationalError: a crash of the request's handler, counted toward its
+    # delivery limit, after which the broker dead-lettered the request and the report hung.
+    with (
+        nacking_queue(amqp_url, DLX.name, TASK_QUEUE.routing_key),
+        pytest.raises(PublishNotTaken, match="did not take the page tasks: MessageNacked"),
+    ):
+        page_tasks.carry_on(unfinished("tasks-nacked", given_up))
+    page_tasks.carry_on(unfinished("tasks-taken", given_up))
+    bodies = [body for _, body in drain(amqp_url, TASK_DEAD_LETTER_QUEUE.name)]
+    # The nacked send reached the queue that took it; the report's retry sends both again, under the
+    # same derived ids.
     assert sum(b"tasks-taken" in body for body in bodies) == 2
+
+
+def test_a_page_given_up_at_its_first_attempt_waits_in_the_dead_letters_as_a_task_with_its_reason(
+    amqp_url: str, page_tasks: PageTasks
+) -> None:
+    page_tasks.carry_on(unfinished("tasks-refused", DeadLetter("broker refused publishing", parked=True)))
+    dead = drain(amqp_url, TASK_DEAD_LETTER_QUEUE.name)
+    assert len(dead) == 2
+    for properties, body in dead:
+        # A task the worker runs again once replayed, not a bare event.
+        assert properties.headers["task"] == FETCH_PAGE_TASK
+        assert properties.headers[REASON_HEADER] == "broker refused publishing"
+        assert b"tasks-refused" in body
+    assert drain(amqp_url, TASK_QUEUE.name) == []
+
+
+def test_a_page_that_must_wait_goes_on_as_a_task_counting_its_wait_as_no_retry(
+    amqp_url: str, page_tasks: PageTasks
+) -> None:
+    # Sent through the broker's delay levels: the task comes back to its queue after a second or so.
+    page_tasks.carry_on(unfinished("tasks-waiting", RetryAfter(1.0, retries=0, reason="budget", counted=False)))
+    page_tasks.carry_on(unfinished("tasks-retried", RetryAfter(1.0, retries=1, reason="GitHub 502")))
+    tasks: list[tuple[pika.spec.BasicProperties, bytes]] = []
+    deadline = time.monotonic() + 30
+    while len(tasks) < 4 and time.monotonic() < deadline:
+        tasks += drain(amqp_url, TASK_QUEUE.name)
+        time.sleep(0.2)
+    assert len(tasks) == 4
+    kwargs = {}
+    for properties, body in tasks:
+        assert properties.headers["task"] == FETCH_PAGE_TASK and properties.headers["retries"] == 1
+        args, task_kwargs, _ = json.loads(body)
+        kwargs[json.loads(args[0])["data"]["report_id"]] = task_kwargs
+    # The task's pipeline counts Celery's retries less its waits: 0 for the wait, 1 for the retry.
+    assert kwargs == {"tasks-waiting": {"crashes": 0, "waits": 1}, "tasks-retried": {"crashes": 0, "waits": 0}}

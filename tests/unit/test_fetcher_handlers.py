@@ -45,14 +45,25 @@ class ScheduledFetches:
 
 
 class Ledger:
-    def __init__(self, *scheduled: str) -> None:
+    def __init__(self, *scheduled: str, claimed: tuple[str, ...] = ()) -> None:
         self.scheduled = set(scheduled)
+        self.claimed = set(claimed)
 
     def already_scheduled(self, report_id: str) -> bool:
         return report_id in self.scheduled
 
+    def claim(self, report_id: str) -> bool:
+        if report_id in self.claimed:
+            return False
+        self.claimed.add(report_id)
+        return True
+
+    def release(self, report_id: str) -> None:
+        self.claimed.discard(report_id)
+
     def mark_scheduled(self, report_id: str) -> None:
         self.scheduled.add(report_id)
+        self.claimed.discard(report_id)
 
 
 def request(
@@ -117,6 +128,35 @@ def test_a_request_without_report_id_is_known_by_its_event_id() -> None:
 def test_a_request_already_scheduled_costs_nothing() -> None:
     published, fetches = request(ReportRequested(report_id="r-1", period="day"), ledger=Ledger("r-1"))
     assert published == [] and fetches.scheduled == []
+
+
+def test_a_duplicate_of_a_request_whose_pages_are_being_fetched_looks_again_later_without_counting() -> None:
+    ledger = Ledger(claimed=("r-1",))
+    with pytest.raises(RetryLater) as waiting:
+        request(ReportRequested(report_id="r-1", period="day"), ledger=ledger)
+    assert not waiting.value.counts and waiting.value.delay > 0
+    # The claim's holder marks the pages scheduled: the duplicate, back later, is dropped.
+    ledger.mark_scheduled("r-1")
+    published, fetches = request(ReportRequested(report_id="r-1", period="day"), ledger=ledger)
+    assert published == [] and fetches.scheduled == []
+
+
+class Outage:
+    def schedule(self, fetches: list[FetchPage]) -> None:
+        raise ConnectionError("broker did not take the page tasks")
+
+
+def test_a_request_whose_pages_could_not_be_scheduled_gives_its_claim_back_for_its_retry() -> None:
+    ledger = Ledger()
+    data = ReportRequested(report_id="r-1", period="day")
+    with pytest.raises(ConnectionError):
+        handle_report_requested(
+            data, meta_of(data, event_id="evt-1"), today=lambda: TODAY, now=lambda: NOW, fetches=Outage(), ledger=ledger
+        )
+    assert ledger.claimed == set() and ledger.scheduled == set()
+    published, fetches = request(data, ledger=ledger)
+    assert published == [] and len(fetches.scheduled) == PAGES_PER_REPORT
+    assert ledger.scheduled == {"r-1"} and ledger.claimed == set()
 
 
 def test_a_request_for_the_future_fails_at_the_request_stage() -> None:
