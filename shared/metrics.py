@@ -87,6 +87,10 @@ def record_published(event: CloudEvent) -> None:
 
 
 def _requested_at(data: object) -> dt.datetime | None:
+    # A published event carries its model; one decoded elsewhere, parsed JSON.
+    requested_at = getattr(getattr(data, "spec", None), "requested_at", None)
+    if isinstance(requested_at, dt.datetime):
+        return requested_at
     spec = data.get("spec") if isinstance(data, dict) else None
     value = spec.get("requested_at") if isinstance(spec, dict) else None
     if not isinstance(value, str):
