@@ -77,14 +77,15 @@ class RequestLedger(Protocol):
 
     def already_scheduled(self, report_id: str) -> bool: ...
 
-    def claim(self, report_id: str) -> bool:
-        """True for the one delivery that is to fetch the report's pages, until it marks them
-        scheduled, releases the claim, or the claim expires."""
+    def claim(self, report_id: str) -> str | None:
+        """A token for the one delivery that is to fetch the report's pages, until it marks them
+        scheduled, releases the claim, or the claim expires; None while another holds it, or once
+        the pages are scheduled."""
         ...
 
-    def release(self, report_id: str) -> None: ...
+    def release(self, report_id: str, token: str) -> None: ...
 
-    def mark_scheduled(self, report_id: str) -> None: ...
+    def mark_scheduled(self, report_id: str, token: str) -> None: ...
 
 
 # A duplicate of a request whose pages another delivery is fetching looks again this soon.
@@ -117,18 +118,17 @@ def handle_report_requested(
         return [ReportFailed(report_id=report_id, stage="request", reason=reason, spec=spec)]
     if ledger.already_scheduled(report_id):
         return []
-    if not ledger.claim(report_id):
+    token = ledger.claim(report_id)
+    if token is None:
         # Its pages are being fetched right now: once they are, the ledger says so and this is dropped;
         # if their fetcher died, its claim expires and this one fetches them.
-        raise RetryLater(
-            "another delivery of this request is fetching its pages", CLAIMED_RECHECK_SECONDS, counts=False
-        )
+        raise RetryLater("another delivery is fetching this report's pages", CLAIMED_RECHECK_SECONDS, counts=False)
     try:
         _fetch_pages(event, report_id, spec, now(), fetches, line)
     except BaseException:
-        ledger.release(report_id)
+        ledger.release(report_id, token)
         raise
-    ledger.mark_scheduled(report_id)
+    ledger.mark_scheduled(report_id, token)
     return []
 
 

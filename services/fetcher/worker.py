@@ -4,8 +4,11 @@ shared delivery pipeline, and a consumer step that consumes the fetcher's event 
 from __future__ import annotations
 
 import ssl
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import structlog
 from celery import Celery, bootsteps, signals
@@ -16,13 +19,13 @@ from kombu.messaging import Consumer
 
 from services.fetcher.handlers import FETCH_PAGE, FetchPage
 from services.fetcher.topology import TASK_EXCHANGE, TASK_QUEUE
-from shared.consumer import QueueConsumer
+from shared.consumer import KombuDelivery, QueueConsumer
 from shared.context import EventContext, current_context
 from shared.events import derived_event_id
-from shared.pipeline import Ack, DeadLetter, DeliveryPipeline, Requeue, RetryAfter, Verdict
+from shared.pipeline import Ack, DeadLetter, DeliveryPipeline, PublishNotTaken, Requeue, RetryAfter, Verdict
 from shared.publisher import CONFIRM_TIMEOUT_SECONDS, build_event, encode_event, not_taken
 from shared.settings import CommonSettings
-from shared.topology import DLX, REASON_HEADER, whole_delay
+from shared.topology import DLX, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, REASON_HEADER, whole_delay
 
 log = structlog.get_logger("hotrepos.fetcher")
 
@@ -185,7 +188,12 @@ class PageTasks:
                 exchange=DLX.name,
                 exchange_type=DLX.type,
                 routing_key=TASK_QUEUE.routing_key,
-                headers={REASON_HEADER: verdict.reason[:1000]},
+                headers={
+                    REASON_HEADER: verdict.reason[:1000],
+                    # Where a replay sends it: the broker's own dead-lettering would have said so.
+                    ORIGINAL_EXCHANGE_HEADER: TASK_EXCHANGE.name,
+                    ORIGINAL_ROUTING_KEY_HEADER: TASK_QUEUE.routing_key,
+                },
             )
         self.app.send_task(FETCH_PAGE_TASK, **options)
 
@@ -234,35 +242,102 @@ def register_fetch_page_task(app: Celery, pipeline: DeliveryPipeline) -> None:
 
 
 class SettledInThreads:
-    """A queue whose messages each take a thread of their own until settled, so that the consumer goes
-    on taking the next: a report request holds its thread while its first page attempts run."""
+    """A queue whose messages are each processed in a thread of their own, so that the consumer goes on
+    taking the next: a report request holds its thread while its first page attempts run.
+
+    Only the ack or requeue goes back to the consumer's event loop, which alone writes to the
+    connection the message came on, as Celery's own pool does with a task's ack.
+    """
 
     def __init__(self, queue: QueueConsumer, threads: int) -> None:
         self.queue = queue
         self.subscription = queue.subscription
-        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{queue.subscription.queue_name}")
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=queue.subscription.queue_name)
+        self._on_loop: Callable[[Callable[[], None]], object] = _now
+
+    def settle_through(self, call_soon: Callable[[Callable[[], None]], object]) -> None:
+        self._on_loop = call_soon
 
     def __call__(self, message: Message) -> None:
-        self._threads.submit(self._settle, message)
+        self._threads.submit(self._process, message)
 
-    def _settle(self, message: Message) -> None:
+    def close(self) -> None:
+        """Takes no more: a message not started yet goes back to its queue with the channel it came on."""
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def _process(self, message: Message) -> None:
+        held = cast(Message, _SettledOnLoop(message, self._on_loop))
         try:
-            self.queue(message)
+            verdict = self.queue.pipeline.process(KombuDelivery(message))
         except Exception:
-            # The verdict could not be carried out (the broker kept refusing the republish, or the
-            # channel it came on closed in a reconnect): back to the queue, or, once the channel is
-            # gone, handed out again by the broker.
-            log.warning("message.not_settled", queue=self.subscription.queue_name, exc_info=True)
+            # The pipeline settles every handler error itself; a fault of its own is a crash, which
+            # the queue's delivery limit bounds.
+            log.exception("message.not_processed", queue=self.subscription.queue_name)
+            held.requeue()
+            return
+        for pause in (*VERDICT_PAUSES_SECONDS, None):
             try:
-                message.requeue()
-            except Exception as exc:
-                log.warning("message.not_requeued", queue=self.subscription.queue_name, error=str(exc))
+                self.queue.settle(held, verdict)
+                return
+            except PublishNotTaken as exc:
+                # The broker takes no republish (a queue electing its leader): the message is held, and
+                # tried again, as long as the channel it came on lives; once that closes, the broker
+                # hands the message out again.
+                if pause is None or not getattr(message.channel, "is_open", False):
+                    log.warning("message.not_settled", queue=self.subscription.queue_name, error=str(exc))
+                    return
+                time.sleep(pause)
+
+
+# On top of the consumer's own pauses for each republish: a thread may hold its message a while longer.
+VERDICT_PAUSES_SECONDS = (5.0, 10.0, 20.0, 30.0, 30.0, 30.0)
+
+
+class _SettledOnLoop:
+    """A message whose ack and requeue are handed to the consumer's event loop."""
+
+    def __init__(self, message: Message, on_loop: Callable[[Callable[[], None]], object]) -> None:
+        self._message = message
+        self._on_loop = on_loop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._message, name)
+
+    def ack(self) -> None:
+        self._on_loop(partial(_on_its_channel, self._message.ack))
+
+    def requeue(self) -> None:
+        self._on_loop(partial(_on_its_channel, self._message.requeue))
+
+
+def _on_its_channel(settle: Callable[[], None]) -> None:
+    try:
+        settle()
+    except Exception as exc:
+        # The channel closed since (a reconnect): the broker hands the message out again.
+        log.warning("message.not_settled", error=str(exc))
+
+
+def _now(call: Callable[[], None]) -> None:
+    call()
 
 
 def consumer_step(queues: list[QueueConsumer | SettledInThreads]) -> type[bootsteps.ConsumerStep]:
     """A Celery consumer step that consumes the fetcher's event queues through the shared pipeline."""
 
     class EventQueuesStep(bootsteps.ConsumerStep):  # type: ignore[misc]
+        def start(self, c: Any) -> None:
+            for queue in queues:
+                if isinstance(queue, SettledInThreads):
+                    queue.settle_through(c.call_soon_ack)
+            super().start(c)
+
+        def shutdown(self, c: Any) -> None:
+            for queue in queues:
+                if isinstance(queue, SettledInThreads):
+                    queue.close()
+            super().shutdown(c)
+
         def get_consumers(self, channel: Any) -> list[Consumer]:
             return [
                 # A prefetch bound, as every other service has: a backlog spreads across replicas.

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -112,3 +115,25 @@ def test_a_page_that_must_wait_goes_on_as_a_task_counting_its_wait_as_no_retry(
         kwargs[json.loads(args[0])["data"]["report_id"]] = task_kwargs
     # The task's pipeline counts Celery's retries less its waits: 0 for the wait, 1 for the retry.
     assert kwargs == {"tasks-waiting": {"crashes": 0, "waits": 1}, "tasks-retried": {"crashes": 0, "waits": 0}}
+
+
+def test_a_page_given_up_at_its_first_attempt_is_replayed_into_the_task_queue(
+    amqp_url: str, page_tasks: PageTasks
+) -> None:
+    page_tasks.carry_on(unfinished("tasks-replayed", DeadLetter("broker refused publishing", parked=True)))
+    replayed = subprocess.run(
+        [sys.executable, "-m", "hotrepos_cli", "dlq", "replay", "fetcher.tasks"],
+        env={**os.environ, "AMQP_URL": amqp_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    tasks: list[tuple[pika.spec.BasicProperties, bytes]] = []
+    deadline = time.monotonic() + 30
+    while len(tasks) < 2 and time.monotonic() < deadline:
+        tasks += drain(amqp_url, TASK_QUEUE.name)
+        time.sleep(0.2)
+    assert sorted(json.loads(json.loads(body)[0][0])["data"]["page"] for _, body in tasks) == [1, 2]
+    assert all(properties.headers["task"] == FETCH_PAGE_TASK for properties, _ in tasks)
+    assert drain(amqp_url, TASK_DEAD_LETTER_QUEUE.name) == []

@@ -19,15 +19,14 @@ from opentelemetry.trace import SpanKind
 from shared import tracing
 from shared.amqp import connect, declare_topology
 from shared.consumer import QueueConsumer
-from shared.control import RedisCancellations
 from shared.events import ReportFailed, ReportRequested
 from shared.handling import EventMeta
-from shared.outcomes import OutcomePublisher, RedisOutcomeLedger
-from shared.pipeline import DeliveryPipeline, Route
+from shared.pipeline import Route
 from shared.publisher import Publisher
 from shared.settings import CommonSettings
 from shared.topology import FETCHER_REQUESTED
 from tests.support.amqp import EventListener, cloud_event, publish
+from tests.support.pipeline import delivery_pipeline
 
 EXTERNAL_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 EXTERNAL_SPAN_ID = "00f067aa0ba902b7"
@@ -63,14 +62,8 @@ def handle_one(connection: Connection, amqp_url: str, redis_url: str, traceparen
     report_id = f"trace-{uuid.uuid4().hex[:8]}"
     publisher = Publisher(connection, source="tests/tracing")
     redis_client = redis.Redis.from_url(redis_url)
-    pipeline = DeliveryPipeline(
-        service="fetcher",
-        queue=FETCHER_REQUESTED.queue_name,
-        routes={"report.requested": Route(fail_every_request)},
-        publisher=publisher,
-        outcomes=OutcomePublisher(RedisOutcomeLedger(redis_client), publisher),
-        cancellations=RedisCancellations(redis_client),
-    )
+    routes = {"report.requested": Route(fail_every_request)}
+    pipeline = delivery_pipeline("fetcher", FETCHER_REQUESTED.queue_name, routes, publisher, redis_client, dedup=False)
     handler = QueueConsumer(FETCHER_REQUESTED, pipeline, publisher)
     listener = EventListener(amqp_url, "report.failed")
     try:

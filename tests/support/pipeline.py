@@ -11,8 +11,14 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
 import requests
 
+from shared.control import RedisCancellations
+from shared.dedup import RedisProcessedEvents
+from shared.outcomes import OutcomePublisher, RedisOutcomeLedger
+from shared.pipeline import DeliveryPipeline, Route
+from shared.publisher import Publisher
 from tests.support.broker import Broker
 from tests.support.services import ServiceProcess
 from tests.support.smtp import free_port
@@ -255,3 +261,24 @@ def running_pipeline(
             yield running
         finally:
             running.stop_all()
+
+
+def delivery_pipeline(
+    service: str,
+    queue: str,
+    routes: Mapping[str, Route],
+    publisher: Publisher,
+    redis_client: redis.Redis,
+    *,
+    dedup: bool = True,
+) -> DeliveryPipeline:
+    """The shared delivery pipeline of one queue, in-process, on the real Redis: what bootstrap() builds."""
+    return DeliveryPipeline(
+        service=service,
+        queue=queue,
+        routes=routes,
+        publisher=publisher,
+        outcomes=OutcomePublisher(RedisOutcomeLedger(redis_client), publisher),
+        cancellations=RedisCancellations(redis_client),
+        processed=RedisProcessedEvents(redis_client) if dedup else None,
+    )

@@ -52,16 +52,18 @@ class Ledger:
     def already_scheduled(self, report_id: str) -> bool:
         return report_id in self.scheduled
 
-    def claim(self, report_id: str) -> bool:
-        if report_id in self.claimed:
-            return False
+    def claim(self, report_id: str) -> str | None:
+        if report_id in self.claimed or report_id in self.scheduled:
+            return None
         self.claimed.add(report_id)
-        return True
+        return f"token-{report_id}"
 
-    def release(self, report_id: str) -> None:
+    def release(self, report_id: str, token: str) -> None:
+        assert token == f"token-{report_id}"
         self.claimed.discard(report_id)
 
-    def mark_scheduled(self, report_id: str) -> None:
+    def mark_scheduled(self, report_id: str, token: str) -> None:
+        assert token == f"token-{report_id}"
         self.scheduled.add(report_id)
         self.claimed.discard(report_id)
 
@@ -136,7 +138,7 @@ def test_a_duplicate_of_a_request_whose_pages_are_being_fetched_looks_again_late
         request(ReportRequested(report_id="r-1", period="day"), ledger=ledger)
     assert not waiting.value.counts and waiting.value.delay > 0
     # The claim's holder marks the pages scheduled: the duplicate, back later, is dropped.
-    ledger.mark_scheduled("r-1")
+    ledger.mark_scheduled("r-1", "token-r-1")
     published, fetches = request(ReportRequested(report_id="r-1", period="day"), ledger=ledger)
     assert published == [] and fetches.scheduled == []
 
