@@ -194,11 +194,14 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         latency0 = results["latency"]["0ms"]
         latency300 = results["latency"]["300ms"]
         stack_peak = results["memory"]["hotrepos"]["stack_peak_rss_mb"]
-        checks["latency_0ms_p50_ratio"] = check(latency0["ratio_p50"], "<= 0.4", latency0["ratio_p50"] <= 0.4)
+        throughput = results["throughput"]
+        checks["latency_0ms_p50_ratio"] = check(latency0["ratio_p50"], "<= 0.25", latency0["ratio_p50"] <= 0.25)
         checks["latency_300ms_p50_over_round_trip"] = check(
-            latency300["hotrepos_p50_over_round_trip"], "<= 1.2", latency300["hotrepos_p50_over_round_trip"] <= 1.2
+            latency300["hotrepos_p50_over_round_trip"], "<= 1.15", latency300["hotrepos_p50_over_round_trip"] <= 1.15
         )
-        checks["throughput_ratio"] = check(results["throughput"]["ratio"], ">= 3", results["throughput"]["ratio"] >= 3)
+        checks["throughput_ratio"] = check(throughput["ratio"], ">= 5", throughput["ratio"] >= 5)
+        cpu_ratio = round(throughput["hotrepos"]["cpu_ms_per_report"] / throughput["baseline"]["cpu_ms_per_report"], 3)
+        checks["cpu_per_report_ratio"] = check(cpu_ratio, "<= 0.15", cpu_ratio <= 0.15)
         checks["memory_stack_peak_mb"] = check(stack_peak, "< 500", stack_peak < 500)
     if "scale_out" in results:
         scale = results["scale_out"]

@@ -100,6 +100,7 @@ FIGURES: list[tuple[str, ...]] = [
             "latency_0ms_p50_ratio",
             "latency_300ms_p50_over_round_trip",
             "throughput_ratio",
+            "cpu_per_report_ratio",
             "scale_out_efficiency",
             "budget_upstream_calls_identical",
             "budget_rate_limit_errors",
