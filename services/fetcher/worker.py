@@ -25,7 +25,7 @@ from shared.events import derived_event_id
 from shared.pipeline import Ack, DeadLetter, DeliveryPipeline, PublishNotTaken, Requeue, RetryAfter, Verdict
 from shared.publisher import CONFIRM_TIMEOUT_SECONDS, build_event, encode_event, not_taken
 from shared.settings import CommonSettings
-from shared.topology import DLX, ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, REASON_HEADER, whole_delay
+from shared.topology import whole_delay
 
 log = structlog.get_logger("hotrepos.fetcher")
 
@@ -179,22 +179,11 @@ class PageTasks:
             # What the pipeline did not count is a wait, as a task's own retry says it.
             waits = 1 - verdict.retries
             options.update(countdown=whole_delay(verdict.delay), kwargs={"crashes": 0, "waits": waits})
-        elif isinstance(verdict, Requeue):
+        else:
+            # A crash, or a page given up (its publish refused): tried once more as a task, which a
+            # second refusal rejects into fetcher.tasks.dlq through the broker's own dead-lettering,
+            # replayable as any task there. The fetcher may not write into the dead letters itself.
             options.update(countdown=CRASH_RETRY_SECONDS, kwargs={"crashes": 1, "waits": 0})
-        elif isinstance(verdict, DeadLetter):
-            # Straight into the tasks' dead letters, as a task the worker gave up on, with its reason:
-            # `hotrepos dlq replay fetcher.tasks` runs it again once what refused it is fixed.
-            options.update(
-                exchange=DLX.name,
-                exchange_type=DLX.type,
-                routing_key=TASK_QUEUE.routing_key,
-                headers={
-                    REASON_HEADER: verdict.reason[:1000],
-                    # Where a replay sends it: the broker's own dead-lettering would have said so.
-                    ORIGINAL_EXCHANGE_HEADER: TASK_EXCHANGE.name,
-                    ORIGINAL_ROUTING_KEY_HEADER: TASK_QUEUE.routing_key,
-                },
-            )
         self.app.send_task(FETCH_PAGE_TASK, **options)
 
 

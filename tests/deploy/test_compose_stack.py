@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import defaultdict
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -199,17 +200,41 @@ def test_the_cli_runs_inside_the_stack_and_from_the_host_as_the_operator(stack: 
     assert dropped_connections(stack, OPERATOR) == []
 
 
-def test_three_fetchers_share_the_pages_of_a_report(stack: ComposeStack, figures: Figures) -> None:
+def test_three_fetchers_share_the_reports_each_fetching_its_pages_at_once(
+    stack: ComposeStack, figures: Figures
+) -> None:
     figures.record(f"scale to {FETCHERS} fetchers, all consuming", f"{scale_fetchers(stack, FETCHERS):.1f} s")
-    report_id, _ = request_report(stack)
-    assert outcome_of(stack, report_id)["state"] == "exported"
-    spread = pages_by_fetcher(stack, report_id)
+    report_ids = [request_report(stack)[0] for _ in range(2 * FETCHERS)]
+    for report_id in report_ids:
+        assert outcome_of(stack, report_id)["state"] == "exported"
+    spreads = {report_id: pages_by_fetcher(stack, report_id) for report_id in report_ids}
     figures.record(
-        f"pages of one report over {FETCHERS} fetchers",
-        "; ".join(f"{short(name)}: pages {sorted(pages)}" for name, pages in sorted(spread.items())),
+        f"{len(report_ids)} reports over {FETCHERS} fetchers",
+        "; ".join(
+            f"{short(name)}: pages {sorted(pages)}" for spread in spreads.values() for name, pages in spread.items()
+        ),
     )
-    assert len(spread) == FETCHERS, spread
-    assert set().union(*spread.values()) == PAGES
+    # A report's five pages are tried at once by the fetcher that took its request; the requests
+    # spread over every fetcher.
+    assert all(len(spread) == 1 and set().union(*spread.values()) == PAGES for spread in spreads.values()), spreads
+    assert len({name for spread in spreads.values() for name in spread}) == FETCHERS, spreads
+
+
+def holder_of_the_request(stack: ComposeStack) -> str | None:
+    """The fetcher container whose channel holds a request unacked, from the broker's management API."""
+    queue = stack.management(f"/queues/hotrepos/{FETCHER_REQUESTED.queue_name}")
+    for consumer in queue.get("consumer_details", []):
+        channel = stack.management(f"/channels/{quote(consumer['channel_details']['name'], safe='')}")
+        if channel.get("messages_unacknowledged", 0) > 0:
+            peer = channel["connection_details"]["peer_host"]
+            for index in range(1, FETCHERS + 1):
+                container = stack.container_of("fetcher", index)
+                if (
+                    peer
+                    in stack.inspect(container, "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}").split()
+                ):
+                    return container
+    return None
 
 
 def test_a_fetcher_crashed_mid_report_restarts_and_the_report_ends_once(stack: ComposeStack, figures: Figures) -> None:
@@ -220,13 +245,12 @@ def test_a_fetcher_crashed_mid_report_restarts_and_the_report_ends_once(stack: C
         started = time.monotonic()
         # A reference date of its own: no page of it in the fetchers' shared cache, each one fetched now.
         report_id, address = request_report(stack, "week", (dt.date.today() - dt.timedelta(days=10)).isoformat())
-        # Every page handed to a fetcher and none fetched yet: whichever fetcher dies holds pages in flight.
-        eventually(
-            lambda: stack.management(f"/queues/hotrepos/{TASK_QUEUE.name}").get("messages_unacknowledged") == 5,
+        # The request held by the fetcher trying its five pages, none fetched yet: that fetcher dies.
+        victim = eventually(
+            lambda: holder_of_the_request(stack),
             timeout=SLOW_GITHUB_MS / 1000,
-            message="the five page tasks taken by the fetchers",
+            message="the request held by a fetcher",
         )
-        victim = stack.container_of("fetcher", 1)
         restarts = int(stack.inspect(victim, "{{.RestartCount}}"))
         pid = int(stack.inspect(victim, "{{.State.Pid}}"))
         assert outcomes.of("report.page.fetched", report_id) == [], "crashed too late: a page was already fetched"

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pika
 import pytest
@@ -21,9 +19,9 @@ from services.fetcher.worker import FETCH_PAGE_TASK, PageTasks, create_celery_ap
 from shared.amqp import connect, declare_when_reachable
 from shared.context import EventContext
 from shared.events import ReportSpec
-from shared.pipeline import DeadLetter, PublishNotTaken, RetryAfter, Verdict
+from shared.pipeline import DeadLetter, PublishNotTaken, Requeue, RetryAfter, Verdict
 from shared.settings import CommonSettings
-from shared.topology import DLX, REASON_HEADER
+from shared.topology import DELAY
 from tests.support.amqp import nacking_queue
 
 
@@ -64,36 +62,46 @@ def page_tasks(amqp_url: str) -> Iterator[PageTasks]:
         app.close()
 
 
+def tasks_back(amqp_url: str, count: int) -> list[tuple[pika.spec.BasicProperties, bytes]]:
+    """The task messages back in the task queue from the broker's delay levels, `count` of them."""
+    tasks: list[tuple[pika.spec.BasicProperties, bytes]] = []
+    deadline = time.monotonic() + 30
+    while len(tasks) < count and time.monotonic() < deadline:
+        tasks += drain(amqp_url, TASK_QUEUE.name)
+        time.sleep(0.2)
+    assert len(tasks) == count
+    return tasks
+
+
+def kwargs_by_report(tasks: list[tuple[pika.spec.BasicProperties, bytes]]) -> dict[str, Any]:
+    kwargs = {}
+    for properties, body in tasks:
+        assert properties.headers["task"] == FETCH_PAGE_TASK and properties.headers["retries"] == 1
+        args, task_kwargs, _ = json.loads(body)
+        kwargs[json.loads(args[0])["data"]["report_id"]] = task_kwargs
+    return kwargs
+
+
 def test_page_tasks_the_broker_nacks_raise_an_outage_then_go_out_once_it_takes_them(
     amqp_url: str, page_tasks: PageTasks
 ) -> None:
-    given_up = DeadLetter("GitHub said no")
+    crashed = Requeue("handler crashed")
     # Before, kombu's OperationalError: a crash of the request's handler, counted toward its
     # delivery limit, after which the broker dead-lettered the request and the report hung.
     with (
-        nacking_queue(amqp_url, DLX.name, TASK_QUEUE.routing_key),
+        nacking_queue(amqp_url, DELAY.name, f"#.{TASK_QUEUE.routing_key}"),
         pytest.raises(PublishNotTaken, match="did not take the page tasks: MessageNacked"),
     ):
-        page_tasks.carry_on(unfinished("tasks-nacked", given_up))
-    page_tasks.carry_on(unfinished("tasks-taken", given_up))
-    bodies = [body for _, body in drain(amqp_url, TASK_DEAD_LETTER_QUEUE.name)]
-    # The nacked send reached the queue that took it; the report's retry sends both again, under the
-    # same derived ids.
+        page_tasks.carry_on(unfinished("tasks-nacked", crashed))
+    page_tasks.carry_on(unfinished("tasks-taken", crashed))
+    # The nacked sends reached the queues that took them, Celery resending a nack as it does; the
+    # report's retry sends both pages again, under the same derived ids, which the page tasks deduplicate.
+    bodies: list[bytes] = []
+    deadline = time.monotonic() + 30
+    while sum(b"tasks-taken" in body for body in bodies) < 2 and time.monotonic() < deadline:
+        bodies += [body for _, body in drain(amqp_url, TASK_QUEUE.name)]
+        time.sleep(0.2)
     assert sum(b"tasks-taken" in body for body in bodies) == 2
-
-
-def test_a_page_given_up_at_its_first_attempt_waits_in_the_dead_letters_as_a_task_with_its_reason(
-    amqp_url: str, page_tasks: PageTasks
-) -> None:
-    page_tasks.carry_on(unfinished("tasks-refused", DeadLetter("broker refused publishing", parked=True)))
-    dead = drain(amqp_url, TASK_DEAD_LETTER_QUEUE.name)
-    assert len(dead) == 2
-    for properties, body in dead:
-        # A task the worker runs again once replayed, not a bare event.
-        assert properties.headers["task"] == FETCH_PAGE_TASK
-        assert properties.headers[REASON_HEADER] == "broker refused publishing"
-        assert b"tasks-refused" in body
-    assert drain(amqp_url, TASK_QUEUE.name) == []
 
 
 def test_a_page_that_must_wait_goes_on_as_a_task_counting_its_wait_as_no_retry(
@@ -102,38 +110,22 @@ def test_a_page_that_must_wait_goes_on_as_a_task_counting_its_wait_as_no_retry(
     # Sent through the broker's delay levels: the task comes back to its queue after a second or so.
     page_tasks.carry_on(unfinished("tasks-waiting", RetryAfter(1.0, retries=0, reason="budget", counted=False)))
     page_tasks.carry_on(unfinished("tasks-retried", RetryAfter(1.0, retries=1, reason="GitHub 502")))
-    tasks: list[tuple[pika.spec.BasicProperties, bytes]] = []
-    deadline = time.monotonic() + 30
-    while len(tasks) < 4 and time.monotonic() < deadline:
-        tasks += drain(amqp_url, TASK_QUEUE.name)
-        time.sleep(0.2)
-    assert len(tasks) == 4
-    kwargs = {}
-    for properties, body in tasks:
-        assert properties.headers["task"] == FETCH_PAGE_TASK and properties.headers["retries"] == 1
-        args, task_kwargs, _ = json.loads(body)
-        kwargs[json.loads(args[0])["data"]["report_id"]] = task_kwargs
     # The task's pipeline counts Celery's retries less its waits: 0 for the wait, 1 for the retry.
-    assert kwargs == {"tasks-waiting": {"crashes": 0, "waits": 1}, "tasks-retried": {"crashes": 0, "waits": 0}}
+    assert kwargs_by_report(tasks_back(amqp_url, 4)) == {
+        "tasks-waiting": {"crashes": 0, "waits": 1},
+        "tasks-retried": {"crashes": 0, "waits": 0},
+    }
 
 
-def test_a_page_given_up_at_its_first_attempt_is_replayed_into_the_task_queue(
+def test_a_page_crashed_or_given_up_at_its_first_attempt_is_tried_once_more_as_a_task(
     amqp_url: str, page_tasks: PageTasks
 ) -> None:
-    page_tasks.carry_on(unfinished("tasks-replayed", DeadLetter("broker refused publishing", parked=True)))
-    replayed = subprocess.run(
-        [sys.executable, "-m", "hotrepos_cli", "dlq", "replay", "fetcher.tasks"],
-        env={**os.environ, "AMQP_URL": amqp_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert replayed.returncode == 0, replayed.stderr
-    tasks: list[tuple[pika.spec.BasicProperties, bytes]] = []
-    deadline = time.monotonic() + 30
-    while len(tasks) < 2 and time.monotonic() < deadline:
-        tasks += drain(amqp_url, TASK_QUEUE.name)
-        time.sleep(0.2)
-    assert sorted(json.loads(json.loads(body)[0][0])["data"]["page"] for _, body in tasks) == [1, 2]
-    assert all(properties.headers["task"] == FETCH_PAGE_TASK for properties, _ in tasks)
+    page_tasks.carry_on(unfinished("tasks-crashed", Requeue("handler crashed")))
+    page_tasks.carry_on(unfinished("tasks-refused", DeadLetter("broker refused publishing", parked=True)))
+    # A crash counts toward the task's own delivery limit; a second refusal, the worker's Reject,
+    # dead-letters the task through the broker.
+    assert kwargs_by_report(tasks_back(amqp_url, 4)) == {
+        "tasks-crashed": {"crashes": 1, "waits": 0},
+        "tasks-refused": {"crashes": 1, "waits": 0},
+    }
     assert drain(amqp_url, TASK_DEAD_LETTER_QUEUE.name) == []
