@@ -29,7 +29,6 @@ from shared.amqp import declare_when_reachable
 from shared.bootstrap import Service, bootstrap
 from shared.events import utc_today
 from shared.pipeline import Route
-from shared.publisher import CONFIRM_TIMEOUT_SECONDS
 from shared.settings import CommonSettings, load_settings
 from shared.topology import FETCHER_REQUESTED
 
@@ -100,11 +99,10 @@ def run_worker(service: Service, settings: FetcherSettings) -> None:
         today=(lambda: pinned_today) if pinned_today else utc_today,
         now=lambda: dt.datetime.now(dt.UTC),
         fetches=first_attempts,
-        # A claim outlives a slow first attempt: GitHub's read timeout, then a publish's confirm. One
-        # that outlives it costs a second fetch of the same pages, which their ids deduplicate.
-        ledger=RedisRequestLedger(
-            service.redis, claim_seconds=settings.github_read_timeout_seconds + CONFIRM_TIMEOUT_SECONDS + 15
-        ),
+        # As long as the page cache's and the budget's holds: a fetcher that dies holding a request
+        # delays it no longer than they do. A holder slower than that costs a second fetch of the same
+        # pages, which their ids deduplicate.
+        ledger=RedisRequestLedger(service.redis, claim_seconds=settings.github_read_timeout_seconds + 10),
         line=github.budget,
     )
     routes = {

@@ -27,7 +27,7 @@ return 1
 
 
 class RedisRequestLedger:
-    def __init__(self, redis_client: Any, *, claim_seconds: float = 60.0) -> None:
+    def __init__(self, redis_client: Any, *, claim_seconds: float = 40.0) -> None:
         self._redis = redis_client
         self._claim_ms = int(claim_seconds * 1000)
         self._claim = redis_client.register_script(_CLAIM)
