@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from shared.pipeline import DeadLetter, PublishNotTaken, Requeue, RetryAfter, Ve
 from shared.settings import CommonSettings
 from shared.topology import DELAY
 from tests.support.amqp import nacking_queue
+from tests.support.waiting import eventually
 
 
 def unfinished(report_id: str, verdict: Verdict) -> list[tuple[str, Verdict]]:
@@ -65,10 +65,12 @@ def page_tasks(amqp_url: str) -> Iterator[PageTasks]:
 def tasks_back(amqp_url: str, count: int) -> list[tuple[pika.spec.BasicProperties, bytes]]:
     """The task messages back in the task queue from the broker's delay levels, `count` of them."""
     tasks: list[tuple[pika.spec.BasicProperties, bytes]] = []
-    deadline = time.monotonic() + 30
-    while len(tasks) < count and time.monotonic() < deadline:
-        tasks += drain(amqp_url, TASK_QUEUE.name)
-        time.sleep(0.2)
+
+    def all_back() -> bool:
+        tasks.extend(drain(amqp_url, TASK_QUEUE.name))
+        return len(tasks) >= count
+
+    eventually(all_back, timeout=30, message=lambda: f"{count} tasks back, {len(tasks)} so far", interval=0.2)
     assert len(tasks) == count
     return tasks
 
@@ -97,10 +99,12 @@ def test_page_tasks_the_broker_nacks_raise_an_outage_then_go_out_once_it_takes_t
     # The nacked sends reached the queues that took them, Celery resending a nack as it does; the
     # report's retry sends both pages again, under the same derived ids, which the page tasks deduplicate.
     bodies: list[bytes] = []
-    deadline = time.monotonic() + 30
-    while sum(b"tasks-taken" in body for body in bodies) < 2 and time.monotonic() < deadline:
-        bodies += [body for _, body in drain(amqp_url, TASK_QUEUE.name)]
-        time.sleep(0.2)
+
+    def both_taken() -> bool:
+        bodies.extend(body for _, body in drain(amqp_url, TASK_QUEUE.name))
+        return sum(b"tasks-taken" in body for body in bodies) >= 2
+
+    eventually(both_taken, timeout=30, message="both pages of the report's retry", interval=0.2)
     assert sum(b"tasks-taken" in body for body in bodies) == 2
 
 

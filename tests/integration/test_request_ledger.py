@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -10,6 +9,7 @@ import pytest
 import redis
 
 from services.fetcher.ledger import RedisRequestLedger
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -49,12 +49,7 @@ def test_a_holder_that_outlived_its_claim_neither_ends_the_next_one_nor_loses_it
     first = ledger.claim(report_id)
     assert first is not None
     # A holder that died: its claim expires, and another delivery takes over.
-    deadline = time.monotonic() + 10
-    second = None
-    while second is None and time.monotonic() < deadline:
-        second = ledger.claim(report_id)
-        time.sleep(0.05)
-    assert second is not None
+    second = eventually(lambda: ledger.claim(report_id), timeout=10, message="the claim expired", interval=0.05)
     # The first holder was only slow: its pages are scheduled, and the second holder's claim is its own.
     ledger.mark_scheduled(report_id, first)
     assert ledger.already_scheduled(report_id)
