@@ -16,6 +16,7 @@ from shared.amqp import connect
 from shared.publisher import Publisher
 from shared.settings import CommonSettings, load_settings
 from shared.topology import (
+    DEATH_HEADERS,
     DELAYED,
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
@@ -137,16 +138,7 @@ def _replay(args: argparse.Namespace, connection: Connection, publisher: Publish
             headers = {
                 k: v
                 for k, v in (message.headers or {}).items()
-                if k
-                not in (
-                    REASON_HEADER,
-                    RETRIES_HEADER,
-                    "x-death",
-                    "x-first-death-exchange",
-                    "x-first-death-queue",
-                    "x-first-death-reason",
-                    "x-delivery-count",
-                )
+                if k not in DEATH_HEADERS and k not in (REASON_HEADER, RETRIES_HEADER, "x-delivery-count")
             }
             body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
             # Confirmed first, acked after: a crash in between replays twice, never loses one.

@@ -19,6 +19,7 @@ from shared.events import CONTENT_TYPE
 from shared.pipeline import Ack, DeadLetter, DeliveryPipeline, PublishNotTaken, Requeue, RetryAfter, Verdict
 from shared.publisher import Publisher
 from shared.topology import (
+    DEATH_HEADERS,
     DELAY,
     DLX,
     ORIGINAL_EXCHANGE_HEADER,
@@ -114,9 +115,10 @@ class QueueConsumer:
         routing_key: str | None = None,
         default_type: str = CONTENT_TYPE,
     ) -> None:
-        """The message as it came, keyed by this queue's name and with where it was first published, then acked."""
+        """The message as it came, without the broker's death headers, keyed by this queue's name and
+        with where it was first published, then acked."""
         delivery = message.delivery_info or {}
-        original = dict(message.headers or {})
+        original = {k: v for k, v in (message.headers or {}).items() if k not in DEATH_HEADERS}
         original.setdefault(ORIGINAL_EXCHANGE_HEADER, delivery.get("exchange", ""))
         original.setdefault(ORIGINAL_ROUTING_KEY_HEADER, delivery.get("routing_key", ""))
         for pause in (*REPUBLISH_PAUSES_SECONDS, None):

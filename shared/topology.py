@@ -41,6 +41,22 @@ REASON_HEADER = "x-hotrepos-reason"
 ORIGINAL_EXCHANGE_HEADER = "x-hotrepos-original-exchange"
 ORIGINAL_ROUTING_KEY_HEADER = "x-hotrepos-original-routing-key"
 RETRIES_HEADER = "x-hotrepos-retries"
+# What the broker writes on a message it dead-letters: a delay level's expiry among them. A copy we
+# publish again is a new message and goes without them, as Celery's retries do: RabbitMQ before 4.0
+# reads them to find dead-letter cycles, and a message that came back through a delay level once would
+# be taken for a cycle on its next pass through it. With at-least-once dead-lettering it then stays
+# in that level for ever.
+DEATH_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from tests.support.chaos import (
     chaos_sizes,
     count_figures,
     dead_letter_counts,
+    pending_work,
     publish_figures,
     report_ids,
     wait_for_reports,
@@ -72,6 +73,7 @@ def test_processes_killed_at_random_lose_and_duplicate_nothing(
                     completed = wait_for_reports(ids, recorder, smtp_sink, 900 if FULL else 150)
                     killer.stop()
                     settled = wait_until_settled(broker, vhost, 120) is not None
+                    stuck = pending_work(broker, vhost) if not settled else {}
                     figures = count_figures(
                         ids,
                         recorder=recorder,
@@ -89,6 +91,7 @@ def test_processes_killed_at_random_lose_and_duplicate_nothing(
                         restart_errors=killer.errors,
                         completed_in_time=completed,
                         settled=settled,
+                        still_queued=stuck,
                         seconds=round(time.monotonic() - started, 1),
                     )
                     pipeline.assert_alive()

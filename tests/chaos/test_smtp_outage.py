@@ -18,6 +18,7 @@ from tests.support.chaos import (
     count_figures,
     dead_letter_counts,
     delayed_retries,
+    pending_work,
     publish_figures,
     report_ids,
     wait_for_reports,
@@ -71,6 +72,7 @@ def test_an_smtp_outage_delays_emails_but_loses_and_doubles_none(
                 assert smtp_sink.port == port
                 completed = wait_for_reports(ids, recorder, smtp_sink, 600 if FULL else 120)
                 settled = wait_until_settled(broker, vhost, 120) is not None
+                stuck = pending_work(broker, vhost) if not settled else {}
                 retried = delayed_retries(broker, vhost)
                 figures = count_figures(
                     ids,
@@ -87,6 +89,7 @@ def test_an_smtp_outage_delays_emails_but_loses_and_doubles_none(
                     delayed_retries=retried,
                     completed_in_time=completed,
                     settled=settled,
+                    still_queued=stuck,
                     seconds=round(time.monotonic() - started, 1),
                 )
                 pipeline.assert_alive()

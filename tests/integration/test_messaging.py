@@ -174,6 +174,27 @@ def test_retry_later_comes_back_through_the_delay_queue(amqp_url: str, run_probe
     assert dead_letters(amqp_url, SUBSCRIPTION.dlq_name) == []
 
 
+def test_a_wait_that_spans_two_delay_levels_comes_back_every_time(
+    amqp_url: str, run_probe: Callable[..., Running]
+) -> None:
+    # 3 s is two delay levels, 2 s then 1 s: the second level takes the message by dead-lettering. A
+    # copy that still carried the broker's record of its first pass would be taken for a dead-letter
+    # cycle there on its second, and held in that level for ever.
+    event = request()
+    handled: list[str] = []
+
+    def waits_twice(data: ReportRequested, meta: EventMeta) -> None:
+        handled.append(meta.id)
+        if len(handled) < 3:
+            raise RetryLater("another replica is sending this email", delay=3)
+
+    run_probe(waits_twice)
+    publish(amqp_url, "report.requested", event)
+    eventually(lambda: len(handled) >= 3, timeout=30, message="a third attempt, after two waits", interval=0.05)
+    assert handled == [event["id"]] * 3
+    assert dead_letters(amqp_url, SUBSCRIPTION.dlq_name) == []
+
+
 def test_a_handler_that_keeps_crashing_is_dead_lettered_by_the_delivery_limit(
     amqp_url: str, run_probe: Callable[..., Running]
 ) -> None:
