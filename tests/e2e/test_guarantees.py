@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
+from services.notifier.sent_emails import RedisSentEmails
 from tests.fake_github import FakeGitHub
 from tests.support.amqp import SENTINEL, EventListener, QueueState, cloud_event, publish, queue_state
 from tests.support.pipeline import Pipeline
@@ -95,6 +97,23 @@ def test_a_republished_outcome_sends_no_second_email(
     publish(pipeline.amqp_url, "report.exported", cloud_event("report.exported", sentinel_data))
     module_smtp_sink.wait_for(lambda m: sentinel in m.get_content(), 30)
     assert len([m for m in module_smtp_sink.messages if report_id in m.get_content()]) == 1
+
+
+def test_an_email_held_by_a_replica_that_died_mid_send_goes_once_its_hold_is_gone(
+    pipeline: Pipeline, listener: EventListener, module_smtp_sink: SmtpSink
+) -> None:
+    report_id = f"held-{uuid.uuid4().hex[:12]}"
+    # What a notifier replica killed in the middle of sending this very email leaves behind.
+    sent = RedisSentEmails(redis.Redis.from_url(pipeline.redis_url))
+    key = f"{report_id}:ready:{REQUESTER}"
+    assert sent.start_sending(key)
+    request_report(pipeline, report_id, notify=REQUESTER)
+    listener.wait_for_outcome(report_id, 90)
+    # The fault itself: the hold outlasts two of the notifier's 5 s waits, each through two delay
+    # levels, before it runs out (here, let go of).
+    time.sleep(12)
+    sent.abandon(key)
+    module_smtp_sink.wait_for(lambda m: report_id in m.get_content(), 30)
 
 
 def test_cancel_drops_pending_work_and_fails_the_report_once(
