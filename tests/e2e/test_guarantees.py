@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from services.notifier.sent_emails import RedisSentEmails
+from shared.topology import DELAY, NOTIFIER_EXPORTED
 from tests.fake_github import FakeGitHub
 from tests.support.amqp import SENTINEL, EventListener, QueueState, cloud_event, publish, queue_state
 from tests.support.pipeline import Pipeline
@@ -103,17 +104,29 @@ def test_an_email_held_by_a_replica_that_died_mid_send_goes_once_its_hold_is_gon
     pipeline: Pipeline, listener: EventListener, module_smtp_sink: SmtpSink
 ) -> None:
     report_id = f"held-{uuid.uuid4().hex[:12]}"
-    # What a notifier replica killed in the middle of sending this very email leaves behind.
-    sent = RedisSentEmails(redis.Redis.from_url(pipeline.redis_url))
-    key = f"{report_id}:ready:{REQUESTER}"
-    assert sent.start_sending(key)
-    request_report(pipeline, report_id, notify=REQUESTER)
-    listener.wait_for_outcome(report_id, 90)
-    # The fault itself: the hold outlasts two of the notifier's 5 s waits, each through two delay
-    # levels, before it runs out (here, let go of).
-    time.sleep(12)
-    sent.abandon(key)
-    module_smtp_sink.wait_for(lambda m: report_id in m.get_content(), 30)
+    # The notifier's waits, as they go into the broker's delay levels: 5 s each, two levels.
+    waits = EventListener(pipeline.amqp_url, f"#.{NOTIFIER_EXPORTED.queue_name}", exchange=DELAY.name)
+    redis_client = redis.Redis.from_url(pipeline.redis_url)
+    try:
+        # What a notifier replica killed in the middle of sending this very email leaves behind.
+        sent = RedisSentEmails(redis_client)
+        key = f"{report_id}:ready:{REQUESTER}"
+        assert sent.start_sending(key)
+        request_report(pipeline, report_id, notify=REQUESTER)
+        assert listener.wait_for_outcome(report_id, 90)["type"] == "report.exported"
+        # The hold outlasts two waits: the second comes back through levels the first went through.
+        eventually(
+            lambda: len([e for e in list(waits.events) if e["data"]["report_id"] == report_id]) >= 2,
+            timeout=30,
+            message="two waits of the notifier",
+            interval=0.1,
+        )
+        assert not [m for m in list(module_smtp_sink.messages) if report_id in m.get_content()]
+        sent.abandon(key)
+        module_smtp_sink.wait_for(lambda m: report_id in m.get_content(), 30)
+    finally:
+        waits.close()
+        redis_client.close()
 
 
 def test_cancel_drops_pending_work_and_fails_the_report_once(
