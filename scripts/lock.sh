@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-lock after a change to pyproject.toml, or upgrade on purpose; then run scripts/test.sh.
 #   scripts/lock.sh                              # lock what pyproject.toml now asks for
-#   scripts/lock.sh --upgrade-package certifi    # move one package to its newest allowed release
+#   scripts/lock.sh --upgrade-package idna       # move one package to its newest allowed release
 #   scripts/lock.sh --upgrade                    # move everything
 set -euo pipefail
 cd "$(dirname "$0")/.."

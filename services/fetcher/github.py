@@ -6,12 +6,15 @@ import datetime as dt
 import email.utils
 import json
 import time
+import urllib.request
 import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
-import requests
+import certifi
 import structlog
+import urllib3
 from pydantic import BaseModel, ValidationError
 
 from services.fetcher.github_cache import RedisPageCache, github_scope
@@ -35,6 +38,12 @@ READ_TIMEOUT = 30.0
 # A page waits this long for the shared budget in its thread; a longer wait goes back to the broker.
 MAX_BUDGET_WAIT_IN_THREAD = 2.0
 LEAD_ATTEMPTS = 3
+# Connections kept open to GitHub: one per page a fetcher process may have in flight (first attempts
+# and Celery's retries); more at once are opened and closed.
+CONNECTIONS_KEPT = 16
+# A failed request is the page's to retry, with its backoff and its budget; a redirect is GitHub's
+# answer as it came.
+NO_RETRIES = urllib3.Retry(total=False)
 
 
 def trim(item: dict[str, Any]) -> Repository:
@@ -92,12 +101,27 @@ class Answer(NamedTuple):
     body: bytes
 
 
+def connections_to(url: str) -> urllib3.PoolManager:
+    """Keep-alive connections to GitHub, through the proxy the environment names for it, if any.
+
+    urllib3 itself, not requests: requests' own work on each request (merging the environment's
+    settings, cookies, hooks) cost more than reading the half-megabyte page (docs/performance.md).
+    """
+    parts = urlsplit(url)
+    # The environment's proxy, read once, as requests read it on every request: HTTPS_PROXY and
+    # NO_PROXY, and their lower-case forms.
+    proxy = None if urllib.request.proxy_bypass(parts.hostname or "") else urllib.request.getproxies().get(parts.scheme)
+    options: dict[str, Any] = {"maxsize": CONNECTIONS_KEPT, "retries": NO_RETRIES, "ca_certs": certifi.where()}
+    if proxy:
+        return urllib3.ProxyManager(proxy, **options)
+    return urllib3.PoolManager(**options)
+
+
 class GitHubClient:
     def __init__(
         self,
         api_url: str,
         token: str | None,
-        session: requests.Session | None = None,
         *,
         cache: RedisPageCache | None = None,
         budget: RedisRequestBudget | None = None,
@@ -105,19 +129,20 @@ class GitHubClient:
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.read_timeout = read_timeout
-        self.session = session or requests.Session()
         self.cache = cache
         self.budget = budget
         self._scope = github_scope(self.api_url, token)
-        self.session.headers.update(
-            {
-                "Accept": "application/vnd.github+json",
-                "X-GitHub-Api-Version": "2022-11-28",
-                "User-Agent": "hotrepos",
-            }
-        )
+        self._search_url = f"{self.api_url}/search/repositories"
+        self._http = connections_to(self.api_url)
+        self._timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout)
+        self._headers = {
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+            "User-Agent": "hotrepos",
+            **urllib3.util.make_headers(accept_encoding=True),
+        }
         if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+            self._headers["Authorization"] = f"Bearer {token}"
 
     def search_page(
         self, since: dt.date, page: int, ticket: BudgetTicket | None = None, per_page: int = ITEMS_PER_PAGE
@@ -198,21 +223,21 @@ class GitHubClient:
         slot = self._take_budget(page, ticket)
         counted = True
         try:
-            response = self.session.get(
-                f"{self.api_url}/search/repositories",
-                params=params,
-                headers={"If-None-Match": etag} if etag else None,
-                timeout=(CONNECT_TIMEOUT, self.read_timeout),
-                stream=True,
+            # The body in one read: a half-megabyte page read in small chunks is a trip back for
+            # the GIL each.
+            response = self._http.request(
+                "GET",
+                self._search_url,
+                fields=params,
+                headers={**self._headers, "If-None-Match": etag} if etag else self._headers,
+                timeout=self._timeout,
             )
-            counted = response.status_code != 304  # GitHub does not count a 304 against the limit
-            # In one read: requests' own `content` reads a half-megabyte page 10 KB at a time, each
-            # read a trip through urllib3 and back for the GIL.
-            answer = Answer(response.status_code, response.headers, b"".join(response.iter_content(chunk_size=None)))
-        except requests.Timeout as exc:
+            counted = response.status != 304  # GitHub does not count a 304 against the limit
+            answer = Answer(response.status, response.headers, response.data)
+        except urllib3.exceptions.TimeoutError as exc:
             metrics.GITHUB_REQUESTS.labels(status="timeout").inc()
             raise RetryableGitHubError(f"GitHub timed out on page {page}: {exc}") from exc
-        except requests.RequestException as exc:
+        except urllib3.exceptions.HTTPError as exc:
             metrics.GITHUB_REQUESTS.labels(status="connection-error").inc()
             raise RetryableGitHubError(f"GitHub unreachable on page {page}: {exc}") from exc
         finally:
@@ -240,6 +265,13 @@ class GitHubClient:
             raise RetryableGitHubError(f"GitHub answered {status} on page {page}")
         if status >= 400:
             raise PermanentGitHubError(f"GitHub answered {status} on page {page}: {_message(answer)}")
+        if status >= 300:
+            # Not followed: the token would go to wherever it points, or be dropped on the way.
+            where = str(answer.headers.get("Location", ""))[:300]
+            raise PermanentGitHubError(
+                f"GitHub answered {status} on page {page}, a redirect to {where or 'nowhere'}:"
+                " GITHUB_API_URL should name the API itself"
+            )
         try:
             result = parse_search_body(answer.body)
         except (ValueError, KeyError, TypeError, ValidationError) as exc:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import random
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -14,6 +18,7 @@ from services.fetcher.search import IncompleteResults, PermanentGitHubError, Rat
 from shared.events import EventData, ReportFailed, ReportPageFetched, ReportSpec
 from shared.handling import EventMeta, Outgoing, RetryLater
 from tests.fake_github import FakeGitHub
+from tests.support.metrics import sample
 
 SINCE = dt.date(2026, 11, 15)
 
@@ -61,6 +66,89 @@ def test_failures_are_classified(github: FakeGitHub, fault: dict[str, object], e
     github.add_faults([{**fault, "page": 1, "times": 1}])
     with pytest.raises(error):
         client(github).search_page(SINCE, 1)
+
+
+def test_a_page_that_does_not_come_in_time_is_retried_and_counted_as_a_timeout(github: FakeGitHub) -> None:
+    github.add_fault("timeout", page=1, times=1, seconds=3)
+    before = sample("hotrepos_github_requests_total", status="timeout")
+    with pytest.raises(RetryableGitHubError, match="timed out on page 1"):
+        GitHubClient(github.url, "secret-token", read_timeout=0.5).search_page(SINCE, 1)
+    assert sample("hotrepos_github_requests_total", status="timeout") - before == 1
+
+
+def test_a_redirect_is_not_followed_and_fails_the_page_for_good(github: FakeGitHub) -> None:
+    github.add_fault("status", page=1, times=1, status=301)
+    with pytest.raises(PermanentGitHubError, match="301 on page 1, a redirect") as failed:
+        client(github).search_page(SINCE, 1)
+    assert "GITHUB_API_URL" in str(failed.value)
+    assert github.stats()["requests"] == 1
+
+
+class ForwardProxy(ThreadingHTTPServer):
+    """An HTTP forward proxy: takes `GET http://host/path`, fetches it, and notes each URL asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Forward)
+        self.urls: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Forward(BaseHTTPRequestHandler):
+    server: ForwardProxy
+
+    def do_GET(self) -> None:
+        self.server.urls.append(self.path)
+        target = urlsplit(self.path)
+        upstream = http.client.HTTPConnection(target.netloc, timeout=10)
+        headers = {name: value for name, value in self.headers.items() if name.lower() != "proxy-connection"}
+        upstream.request("GET", f"{target.path}?{target.query}", headers=headers)
+        answer = upstream.getresponse()
+        body = answer.read()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        upstream.close()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[ForwardProxy]:
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    server = ForwardProxy()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_environment_s_proxy_carries_the_search(
+    github: FakeGitHub, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("http_proxy", proxy.url)
+    page = client(github).search_page(SINCE, 1)
+    assert [r.id for r in page.items] == [item["id"] for item in github.expected_items(SINCE, pages=1)]
+    [asked] = proxy.urls
+    assert asked.startswith(f"{github.url}/search/repositories?q=created")
+    assert github.stats()["by_token"] == {"secret-token": 1}
+
+
+def test_an_address_in_no_proxy_is_reached_directly(
+    github: FakeGitHub, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("http_proxy", proxy.url)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    assert len(client(github).search_page(SINCE, 1).items) == 100
+    assert proxy.urls == [] and github.stats()["requests"] == 1
 
 
 def test_rate_limits_say_how_long_to_wait(github: FakeGitHub) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import REGISTRY
 
 from services.webhooks.handlers import WebhookRequest
 from services.webhooks.sender import HttpWebhookSender
 from shared.webhooks import UrlGuard
 from tests.support.fakes import FakeResolver
+from tests.support.metrics import sample
 from tests.support.smtp import free_port
 from tests.support.webhook_receiver import Answer, WebhookReceiver
 
@@ -27,10 +27,6 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 def post(url: str, body: bytes = b'{"hello": "world"}') -> WebhookRequest:
     return WebhookRequest(url, body, {"Content-Type": "application/json", "webhook-id": "e-1"}, "standard")
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def test_an_answer_is_its_status_and_the_attempt_is_counted(receiver: WebhookReceiver) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from prometheus_client import REGISTRY
-
 from shared import metrics
 from shared.events import CloudEvent
+from tests.support.metrics import sample
 
 REQUESTED_AT = dt.datetime(2026, 11, 22, 8, 0, tzinfo=dt.UTC)
 
@@ -26,10 +25,6 @@ def outcome_event(event_type: str, *, seconds_later: float, event_id: str | None
         time=REQUESTED_AT + dt.timedelta(seconds=seconds_later),
         data=data,
     )
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def test_an_outcome_republished_with_the_same_id_counts_once() -> None:
