@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import json
+import os
 import time
 import urllib.request
 import uuid
@@ -108,10 +109,11 @@ def connections_to(url: str) -> urllib3.PoolManager:
     settings, cookies, hooks) cost more than reading the half-megabyte page (docs/performance.md).
     """
     parts = urlsplit(url)
-    # The environment's proxy, read once, as requests read it on every request: HTTPS_PROXY and
-    # NO_PROXY, and their lower-case forms.
+    # What requests read from the environment on every request, read once: the proxy (HTTPS_PROXY,
+    # NO_PROXY and their lower-case forms) and a CA bundle in place of certifi's.
     proxy = None if urllib.request.proxy_bypass(parts.hostname or "") else urllib.request.getproxies().get(parts.scheme)
-    options: dict[str, Any] = {"maxsize": CONNECTIONS_KEPT, "retries": NO_RETRIES, "ca_certs": certifi.where()}
+    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+    options: dict[str, Any] = {"maxsize": CONNECTIONS_KEPT, "retries": NO_RETRIES, "ca_certs": ca_bundle}
     if proxy:
         return urllib3.ProxyManager(proxy, **options)
     return urllib3.PoolManager(**options)

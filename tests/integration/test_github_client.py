@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import random
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -96,12 +99,35 @@ class ForwardProxy(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
+class TlsFront(ThreadingHTTPServer):
+    """HTTPS in front of the fake GitHub, with a certificate of its own that no bundle trusts."""
+
+    def __init__(self, upstream: str, directory: Path) -> None:
+        super().__init__(("127.0.0.1", 0), _Forward)
+        self.urls: list[str] = []
+        self.upstream = upstream
+        self.certificate = directory / "front.pem"
+        key = directory / "front.key"
+        request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+        subject = ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.certificate)]
+        subprocess.run([*request, *subject], check=True, capture_output=True)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.certificate, key)
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.server_address[1]}"
+
+
 class _Forward(BaseHTTPRequestHandler):
-    server: ForwardProxy
+    """Asks the fake GitHub for what it was asked, as a forward proxy (absolute URL) or a front (path)."""
+
+    server: ForwardProxy | TlsFront
 
     def do_GET(self) -> None:
         self.server.urls.append(self.path)
-        target = urlsplit(self.path)
+        target = urlsplit(self.path if "://" in self.path else f"{getattr(self.server, 'upstream', '')}{self.path}")
         upstream = http.client.HTTPConnection(target.netloc, timeout=10)
         headers = {name: value for name, value in self.headers.items() if name.lower() != "proxy-connection"}
         upstream.request("GET", f"{target.path}?{target.query}", headers=headers)
@@ -149,6 +175,28 @@ def test_an_address_in_no_proxy_is_reached_directly(
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     assert len(client(github).search_page(SINCE, 1).items) == 100
     assert proxy.urls == [] and github.stats()["requests"] == 1
+
+
+@pytest.fixture
+def tls_front(github: FakeGitHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TlsFront]:
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    server = TlsFront(github.url, tmp_path)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_github_over_tls_is_trusted_only_through_the_bundle_the_environment_names(
+    tls_front: TlsFront, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(RetryableGitHubError, match=r"unreachable on page 1.*CERTIFICATE_VERIFY_FAILED"):
+        GitHubClient(tls_front.url, "secret-token").search_page(SINCE, 1)
+    assert tls_front.urls == []
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_front.certificate))
+    assert len(GitHubClient(tls_front.url, "secret-token").search_page(SINCE, 1).items) == 100
+    assert len(tls_front.urls) == 1
 
 
 def test_rate_limits_say_how_long_to_wait(github: FakeGitHub) -> None:
