@@ -7,13 +7,12 @@ import email.utils
 import json
 import os
 import time
-import urllib.request
 import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 import certifi
+import requests.utils
 import structlog
 import urllib3
 from pydantic import BaseModel, ValidationError
@@ -107,16 +106,23 @@ def connections_to(url: str) -> urllib3.PoolManager:
 
     urllib3 itself, not requests: requests' own work on each request (merging the environment's
     settings, cookies, hooks) cost more than reading the half-megabyte page (docs/performance.md).
+    What requests read from the environment on every request is read here once, with its own
+    helpers: the proxy (HTTPS_PROXY, ALL_PROXY, NO_PROXY, in either case), its credentials, and a
+    CA bundle in place of certifi's.
     """
-    parts = urlsplit(url)
-    # What requests read from the environment on every request, read once: the proxy (HTTPS_PROXY,
-    # NO_PROXY and their lower-case forms) and a CA bundle in place of certifi's.
-    proxy = None if urllib.request.proxy_bypass(parts.hostname or "") else urllib.request.getproxies().get(parts.scheme)
-    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
-    options: dict[str, Any] = {"maxsize": CONNECTIONS_KEPT, "retries": NO_RETRIES, "ca_certs": ca_bundle}
-    if proxy:
-        return urllib3.ProxyManager(proxy, **options)
-    return urllib3.PoolManager(**options)
+    options: dict[str, Any] = {"maxsize": CONNECTIONS_KEPT, "retries": NO_RETRIES, **_trusted_roots()}
+    proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+    if not proxy:
+        return urllib3.PoolManager(**options)
+    proxy = requests.utils.prepend_scheme_if_needed(proxy, "http")
+    username, password = requests.utils.get_auth_from_url(proxy)
+    credentials = urllib3.make_headers(proxy_basic_auth=f"{username}:{password}") if username else None
+    return urllib3.ProxyManager(proxy, proxy_headers=credentials, **options)
+
+
+def _trusted_roots() -> dict[str, str]:
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+    return {"ca_cert_dir": bundle} if os.path.isdir(bundle) else {"ca_certs": bundle}
 
 
 class GitHubClient:
@@ -236,12 +242,14 @@ class GitHubClient:
             )
             counted = response.status != 304  # GitHub does not count a 304 against the limit
             answer = Answer(response.status, response.headers, response.data)
-        except urllib3.exceptions.TimeoutError as exc:
-            metrics.GITHUB_REQUESTS.labels(status="timeout").inc()
-            raise RetryableGitHubError(f"GitHub timed out on page {page}: {exc}") from exc
         except urllib3.exceptions.HTTPError as exc:
-            metrics.GITHUB_REQUESTS.labels(status="connection-error").inc()
-            raise RetryableGitHubError(f"GitHub unreachable on page {page}: {exc}") from exc
+            # urllib3 counts a refused connection and a failed name lookup as connect timeouts.
+            timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
+                exc, urllib3.exceptions.NewConnectionError
+            )
+            metrics.GITHUB_REQUESTS.labels(status="timeout" if timed_out else "connection-error").inc()
+            what = "timed out" if timed_out else "unreachable"
+            raise RetryableGitHubError(f"GitHub {what} on page {page}: {exc}") from exc
         finally:
             if slot is not None and self.budget is not None:
                 try:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
-import http.client
 import random
-import ssl
-import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,7 +16,9 @@ from services.fetcher.search import IncompleteResults, PermanentGitHubError, Rat
 from shared.events import EventData, ReportFailed, ReportPageFetched, ReportSpec
 from shared.handling import EventMeta, Outgoing, RetryLater
 from tests.fake_github import FakeGitHub
+from tests.support.http_fronts import ForwardProxy, Redirect, TlsFront
 from tests.support.metrics import sample
+from tests.support.smtp import free_port
 
 SINCE = dt.date(2026, 11, 15)
 
@@ -79,124 +76,82 @@ def test_a_page_that_does_not_come_in_time_is_retried_and_counted_as_a_timeout(g
     assert sample("hotrepos_github_requests_total", status="timeout") - before == 1
 
 
+def test_a_refused_connection_is_retried_and_counted_as_unreachable_not_as_a_timeout() -> None:
+    before = sample("hotrepos_github_requests_total", status="connection-error")
+    with pytest.raises(RetryableGitHubError, match="unreachable on page 1"):
+        GitHubClient(f"http://127.0.0.1:{free_port()}", "secret-token").search_page(SINCE, 1)
+    assert sample("hotrepos_github_requests_total", status="connection-error") - before == 1
+
+
 def test_a_redirect_is_not_followed_and_fails_the_page_for_good(github: FakeGitHub) -> None:
-    github.add_fault("status", page=1, times=1, status=301)
-    with pytest.raises(PermanentGitHubError, match="301 on page 1, a redirect") as failed:
-        client(github).search_page(SINCE, 1)
+    with Redirect(github.url) as redirect, pytest.raises(PermanentGitHubError) as failed:
+        GitHubClient(redirect.url, "secret-token").search_page(SINCE, 1)
+    assert f"301 on page 1, a redirect to {github.url}/search/repositories?" in str(failed.value)
     assert "GITHUB_API_URL" in str(failed.value)
-    assert github.stats()["requests"] == 1
-
-
-class ForwardProxy(ThreadingHTTPServer):
-    """An HTTP forward proxy: takes `GET http://host/path`, fetches it, and notes each URL asked for."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Forward)
-        self.urls: list[str] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class TlsFront(ThreadingHTTPServer):
-    """HTTPS in front of the fake GitHub, with a certificate of its own that no bundle trusts."""
-
-    def __init__(self, upstream: str, directory: Path) -> None:
-        super().__init__(("127.0.0.1", 0), _Forward)
-        self.urls: list[str] = []
-        self.upstream = upstream
-        self.certificate = directory / "front.pem"
-        key = directory / "front.key"
-        request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
-        subject = ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.certificate)]
-        subprocess.run([*request, *subject], check=True, capture_output=True)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.certificate, key)
-        self.socket = context.wrap_socket(self.socket, server_side=True)
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.server_address[1]}"
-
-
-class _Forward(BaseHTTPRequestHandler):
-    """Asks the fake GitHub for what it was asked, as a forward proxy (absolute URL) or a front (path)."""
-
-    server: ForwardProxy | TlsFront
-
-    def do_GET(self) -> None:
-        self.server.urls.append(self.path)
-        target = urlsplit(self.path if "://" in self.path else f"{getattr(self.server, 'upstream', '')}{self.path}")
-        upstream = http.client.HTTPConnection(target.netloc, timeout=10)
-        headers = {name: value for name, value in self.headers.items() if name.lower() != "proxy-connection"}
-        upstream.request("GET", f"{target.path}?{target.query}", headers=headers)
-        answer = upstream.getresponse()
-        body = answer.read()
-        self.send_response(answer.status)
-        for name, value in answer.getheaders():
-            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        upstream.close()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    assert len(redirect.asked) == 1 and github.stats()["requests"] == 0
 
 
 @pytest.fixture
-def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[ForwardProxy]:
-    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The test's own environment for proxies and CA bundles, whatever the machine's."""
+    for scheme in ("http", "https", "all", "no"):
+        monkeypatch.delenv(f"{scheme}_proxy", raising=False)
+        monkeypatch.delenv(f"{scheme.upper()}_PROXY", raising=False)
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
-    server = ForwardProxy()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    return monkeypatch
 
 
+@pytest.fixture
+def tls_front(github: FakeGitHub, tmp_path: Path) -> Iterator[TlsFront]:
+    with TlsFront(github.url, tmp_path) as front:
+        yield front
+
+
+@pytest.mark.parametrize("written", ["http://127.0.0.1:{port}", "127.0.0.1:{port}"])
 def test_the_environment_s_proxy_carries_the_search(
-    github: FakeGitHub, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+    github: FakeGitHub, no_proxy_settings: pytest.MonkeyPatch, written: str
 ) -> None:
-    monkeypatch.setenv("http_proxy", proxy.url)
-    page = client(github).search_page(SINCE, 1)
+    with ForwardProxy() as proxy:
+        no_proxy_settings.setenv("http_proxy", written.format(port=proxy.server_address[1]))
+        page = client(github).search_page(SINCE, 1)
     assert [r.id for r in page.items] == [item["id"] for item in github.expected_items(SINCE, pages=1)]
-    [asked] = proxy.urls
+    [asked] = proxy.asked
     assert asked.startswith(f"{github.url}/search/repositories?q=created")
     assert github.stats()["by_token"] == {"secret-token": 1}
 
 
-def test_an_address_in_no_proxy_is_reached_directly(
-    github: FakeGitHub, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+def test_an_address_in_no_proxy_is_reached_directly(github: FakeGitHub, no_proxy_settings: pytest.MonkeyPatch) -> None:
+    with ForwardProxy() as proxy:
+        no_proxy_settings.setenv("http_proxy", proxy.url)
+        no_proxy_settings.setenv("no_proxy", "127.0.0.0/8")
+        assert len(client(github).search_page(SINCE, 1).items) == 100
+    assert proxy.asked == [] and github.stats()["requests"] == 1
+
+
+def test_github_over_tls_goes_through_the_proxy_s_tunnel_with_its_credentials(
+    tls_front: TlsFront, no_proxy_settings: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("http_proxy", proxy.url)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    assert len(client(github).search_page(SINCE, 1).items) == 100
-    assert proxy.urls == [] and github.stats()["requests"] == 1
-
-
-@pytest.fixture
-def tls_front(github: FakeGitHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TlsFront]:
-    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "https_proxy", "HTTPS_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    server = TlsFront(github.url, tmp_path)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with ForwardProxy() as proxy:
+        no_proxy_settings.setenv("HTTPS_PROXY", f"http://fetcher:p%40ss@127.0.0.1:{proxy.server_address[1]}")
+        no_proxy_settings.setenv("REQUESTS_CA_BUNDLE", str(tls_front.certificate))
+        assert len(GitHubClient(tls_front.url, "secret-token").search_page(SINCE, 1).items) == 100
+    assert proxy.asked == [f"CONNECT 127.0.0.1:{tls_front.server_address[1]}"]
+    assert proxy.proxy_authorizations == ["Basic " + base64.b64encode(b"fetcher:p@ss").decode()]
+    assert len(tls_front.asked) == 1
 
 
 def test_github_over_tls_is_trusted_only_through_the_bundle_the_environment_names(
-    tls_front: TlsFront, monkeypatch: pytest.MonkeyPatch
+    tls_front: TlsFront, no_proxy_settings: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     with pytest.raises(RetryableGitHubError, match=r"unreachable on page 1.*CERTIFICATE_VERIFY_FAILED"):
         GitHubClient(tls_front.url, "secret-token").search_page(SINCE, 1)
-    assert tls_front.urls == []
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_front.certificate))
+    assert tls_front.asked == []
+    no_proxy_settings.setenv("REQUESTS_CA_BUNDLE", str(tls_front.certificate))
     assert len(GitHubClient(tls_front.url, "secret-token").search_page(SINCE, 1).items) == 100
-    assert len(tls_front.urls) == 1
+    no_proxy_settings.setenv("REQUESTS_CA_BUNDLE", str(tls_front.certificate_directory(tmp_path / "trusted")))
+    assert len(GitHubClient(tls_front.url, "secret-token").search_page(SINCE, 1).items) == 100
+    assert len(tls_front.asked) == 2
 
 
 def test_rate_limits_say_how_long_to_wait(github: FakeGitHub) -> None:
