@@ -92,7 +92,7 @@ def test_a_redirect_is_not_followed_and_fails_the_page_for_good(github: FakeGitH
 
 
 @pytest.fixture
-def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+def proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """The test's own environment for proxies and CA bundles, whatever the machine's."""
     for scheme in ("http", "https", "all", "no"):
         monkeypatch.delenv(f"{scheme}_proxy", raising=False)
@@ -110,10 +110,10 @@ def tls_front(github: FakeGitHub, tmp_path: Path) -> Iterator[TlsFront]:
 
 @pytest.mark.parametrize("written", ["http://127.0.0.1:{port}", "127.0.0.1:{port}"])
 def test_the_environment_s_proxy_carries_the_search(
-    github: FakeGitHub, no_proxy_settings: pytest.MonkeyPatch, written: str
+    github: FakeGitHub, proxy_env: pytest.MonkeyPatch, written: str
 ) -> None:
     with ForwardProxy() as proxy:
-        no_proxy_settings.setenv("http_proxy", written.format(port=proxy.server_address[1]))
+        proxy_env.setenv("http_proxy", written.format(port=proxy.server_address[1]))
         page = client(github).search_page(SINCE, 1)
     assert [r.id for r in page.items] == [item["id"] for item in github.expected_items(SINCE, pages=1)]
     [asked] = proxy.asked
@@ -121,20 +121,20 @@ def test_the_environment_s_proxy_carries_the_search(
     assert github.stats()["by_token"] == {"secret-token": 1}
 
 
-def test_an_address_in_no_proxy_is_reached_directly(github: FakeGitHub, no_proxy_settings: pytest.MonkeyPatch) -> None:
+def test_an_address_in_no_proxy_is_reached_directly(github: FakeGitHub, proxy_env: pytest.MonkeyPatch) -> None:
     with ForwardProxy() as proxy:
-        no_proxy_settings.setenv("http_proxy", proxy.url)
-        no_proxy_settings.setenv("no_proxy", "127.0.0.0/8")
+        proxy_env.setenv("http_proxy", proxy.url)
+        proxy_env.setenv("no_proxy", "127.0.0.0/8")
         assert len(client(github).search_page(SINCE, 1).items) == 100
     assert proxy.asked == [] and github.stats()["requests"] == 1
 
 
 def test_github_over_tls_goes_through_the_proxy_s_tunnel_with_its_credentials(
-    tls_front: TlsFront, no_proxy_settings: pytest.MonkeyPatch
+    tls_front: TlsFront, proxy_env: pytest.MonkeyPatch
 ) -> None:
     with ForwardProxy() as proxy:
-        no_proxy_settings.setenv("HTTPS_PROXY", f"http://fetcher:p%40ss@127.0.0.1:{proxy.server_address[1]}")
-        no_proxy_settings.setenv("REQUESTS_CA_BUNDLE", str(tls_front.certificate))
+        proxy_env.setenv("HTTPS_PROXY", f"http://fetcher:p%40ss@127.0.0.1:{proxy.server_address[1]}")
+        proxy_env.setenv("REQUESTS_CA_BUNDLE", str(tls_front.certificate))
         assert len(GitHubClient(tls_front.url, "secret-token").search_page(SINCE, 1).items) == 100
     assert proxy.asked == [f"CONNECT 127.0.0.1:{tls_front.server_address[1]}"]
     assert proxy.proxy_authorizations == ["Basic " + base64.b64encode(b"fetcher:p@ss").decode()]
@@ -142,14 +142,14 @@ def test_github_over_tls_goes_through_the_proxy_s_tunnel_with_its_credentials(
 
 
 def test_github_over_tls_is_trusted_only_through_the_bundle_the_environment_names(
-    tls_front: TlsFront, no_proxy_settings: pytest.MonkeyPatch, tmp_path: Path
+    tls_front: TlsFront, proxy_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     with pytest.raises(RetryableGitHubError, match=r"unreachable on page 1.*CERTIFICATE_VERIFY_FAILED"):
         GitHubClient(tls_front.url, "secret-token").search_page(SINCE, 1)
     assert tls_front.asked == []
-    no_proxy_settings.setenv("REQUESTS_CA_BUNDLE", str(tls_front.certificate))
+    proxy_env.setenv("REQUESTS_CA_BUNDLE", str(tls_front.certificate))
     assert len(GitHubClient(tls_front.url, "secret-token").search_page(SINCE, 1).items) == 100
-    no_proxy_settings.setenv("REQUESTS_CA_BUNDLE", str(tls_front.certificate_directory(tmp_path / "trusted")))
+    proxy_env.setenv("REQUESTS_CA_BUNDLE", str(tls_front.certificate_directory(tmp_path / "trusted")))
     assert len(GitHubClient(tls_front.url, "secret-token").search_page(SINCE, 1).items) == 100
     assert len(tls_front.asked) == 2
 
